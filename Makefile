@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   creates .venv, installs capsgen, trains a short CapsNet on bundled data, writes pictures + report
+#   make test   creates/updates .venv, installs Fashion-MNIST (Debian package) if missing, runs the tests
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv demo test test-slow fashion-mnist bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch==2.13.0 is pinned in pyproject: pip takes the CPU build from this machine's disk.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The Debian package is the data source for Fashion-MNIST; install it only when missing.
+fashion-mnist:
+	@if [ ! -e $(FMNIST)/train-images-idx3-ubyte.gz ] && [ ! -e $(FMNIST)/train-images-idx3-ubyte ]; then \
+		echo "installing dataset-fashion-mnist (Debian package)"; \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
+		echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
+	fi
+
+demo: $(STAMP)
+	rm -rf runs/demo
+	$(BIN)/capsgen demo --out runs/demo
+
+test: $(STAMP) fashion-mnist
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-slow: $(STAMP) fashion-mnist
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/capsnet_step.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

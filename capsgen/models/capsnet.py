@@ -1,0 +1,101 @@
+"""CapsNet classifier of Sabour, Frosst & Hinton (2017), "Dynamic routing between capsules".
+
+conv 256 9x9 + ReLU -> primary capsules 32 x 8-D (9x9, stride 2) -> K x 16-D class capsules
+(3 routing iterations) -> decoder 512-1024-pixels (sigmoid), masked by the true class in
+training and by the longest capsule at test time. Loss: margin loss + 0.0005 x summed squared
+reconstruction error. Works for any (C, H, W) input, e.g. 28x28x1 and 32x32x3.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from capsgen.nn import DenseCapsules, PrimaryCapsules, margin_loss, safe_norm
+
+
+@dataclass
+class CapsNetConfig:
+    conv_channels: int = 256
+    conv_kernel: int = 9
+    primary_capsules: int = 32
+    primary_dim: int = 8
+    primary_kernel: int = 9
+    primary_stride: int = 2
+    class_dim: int = 16
+    routing_iterations: int = 3
+    grad_through_routing: bool = True
+    squash: str = "sabour"
+    decoder_hidden: tuple[int, ...] = (512, 1024)
+    recon_weight: float = 0.0005
+    m_pos: float = 0.9
+    m_neg: float = 0.1
+    lam: float = 0.5
+    shift_pixels: int = 2
+    lr: float = 1e-3
+    lr_decay: float = 1.0             # multiply the learning rate by this every epoch
+
+
+class CapsNet(nn.Module):
+    """Input [B, C, H, W] in [0, 1] -> class capsules [B, K, class_dim]."""
+
+    def __init__(self, cfg: CapsNetConfig, shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        C, H, W = shape
+        self.cfg, self.shape, self.num_classes = cfg, shape, num_classes
+        self.conv = nn.Conv2d(C, cfg.conv_channels, cfg.conv_kernel)
+        self.primary = PrimaryCapsules(cfg.conv_channels, cfg.primary_capsules, cfg.primary_dim,
+                                       cfg.primary_kernel, cfg.primary_stride, squash=cfg.squash)
+        h = (H - cfg.conv_kernel + 1 - cfg.primary_kernel) // cfg.primary_stride + 1
+        w = (W - cfg.conv_kernel + 1 - cfg.primary_kernel) // cfg.primary_stride + 1
+        if h < 1 or w < 1:
+            raise ValueError(f"input {H}x{W} is too small for kernels {cfg.conv_kernel} and "
+                             f"{cfg.primary_kernel}")
+        self.num_primary = cfg.primary_capsules * h * w
+        self.classes = DenseCapsules(self.num_primary, cfg.primary_dim, num_classes, cfg.class_dim,
+                                     cfg.routing_iterations,
+                                     grad_through_iterations=cfg.grad_through_routing,
+                                     squash=cfg.squash)
+        layers: list[nn.Module] = []
+        width = num_classes * cfg.class_dim
+        for hidden in cfg.decoder_hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        layers += [nn.Linear(width, C * H * W), nn.Sigmoid()]
+        self.decoder = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> class capsule poses [B, K, D]."""
+        return self.classes(self.primary(F.relu(self.conv(x))))
+
+    def decode(self, poses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Reconstruct images [B, C, H, W] from poses [B, K, D] keeping only class ``mask`` [B]."""
+        keep = F.one_hot(mask, self.num_classes).to(poses.dtype).unsqueeze(-1)
+        return self.decoder((poses * keep).flatten(1)).view(-1, *self.shape)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image [B, C, H, W] by up to ``max_shift`` pixels per axis, zero-filled."""
+    if max_shift <= 0:
+        return x
+    B, C, H, W = x.shape
+    d = torch.randint(-max_shift, max_shift + 1, (2, B), generator=generator)
+    padded = F.pad(x, (max_shift,) * 4)
+    rows = (torch.arange(H) + max_shift - d[0][:, None])[:, :, None]   # [B, H, 1]
+    cols = (torch.arange(W) + max_shift - d[1][:, None])[:, None, :]   # [B, 1, W]
+    b = torch.arange(B)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def capsnet_loss(model: CapsNet, x: torch.Tensor, y: torch.Tensor):
+    """Margin loss + recon_weight x per-image summed squared error; returns (loss, parts)."""
+    cfg = model.cfg
+    poses = model(x)
+    lengths = safe_norm(poses)
+    margin = margin_loss(lengths, y, cfg.m_pos, cfg.m_neg, cfg.lam)
+    recon = model.decode(poses, y)
+    sse = (recon - x).pow(2).flatten(1).sum(1).mean()
+    loss = margin + cfg.recon_weight * sse
+    return loss, {"margin": margin, "recon_sse": sse, "lengths": lengths}

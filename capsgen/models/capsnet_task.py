@@ -1,0 +1,92 @@
+"""The CapsNet family's training step, evaluation and pictures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from capsgen.models.capsnet import CapsNet, CapsNetConfig, capsnet_loss, random_shift
+from capsgen.nn import safe_norm
+from capsgen.report.figures import save_image_grid
+from capsgen.train.task import DataInfo, StepContext, Task
+
+
+class CapsNetTask(Task):
+    best_metric, best_mode = "test_error", "min"
+
+    def __init__(self, config: CapsNetConfig, info: DataInfo, device: torch.device):
+        super().__init__(config, info, device)
+        if not info.num_classes:
+            raise ValueError(f"capsnet needs class labels; dataset {info.name} has none")
+        self.model = CapsNet(config, info.shape, info.num_classes).to(device)
+        self.modules = {"model": self.model}
+        self.optimizers = {"model": torch.optim.Adam(self.model.parameters(), lr=config.lr)}
+
+    def train_step(self, images, labels, ctx: StepContext) -> dict[str, float]:
+        cfg = self.config
+        opt = self.optimizers["model"]
+        # The learning rate is a function of the step, so resuming needs no scheduler state.
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * cfg.lr_decay ** (ctx.step // ctx.steps_per_epoch)
+        x = random_shift(images, cfg.shift_pixels, ctx.generator).to(self.device)
+        y = labels.to(self.device)
+        opt.zero_grad(set_to_none=True)
+        loss, parts = capsnet_loss(self.model, x, y)
+        loss.backward()
+        opt.step()
+        acc = (parts["lengths"].argmax(1) == y).float().mean()
+        return {"loss": loss.item(), "margin": parts["margin"].item(),
+                "recon_sse": parts["recon_sse"].item(), "accuracy": acc.item()}
+
+    def predict(self, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-capsule poses [N, K, D] and lengths [N, K] for images [N, C, H, W]."""
+        poses = torch.cat([self.model(images[k:k + batch].to(self.device)).cpu()
+                           for k in range(0, len(images), batch)])
+        return poses, safe_norm(poses)
+
+    def evaluate(self, images, labels) -> dict[str, float]:
+        poses, lengths = self.predict(images)
+        pred = lengths.argmax(1)
+        out = {"test_error": (pred != labels).float().mean().item(), "n": len(labels)}
+        recon = self.model.decode(poses[:500].to(self.device), pred[:500].to(self.device)).cpu()
+        out["recon_sse"] = (recon - images[:500]).pow(2).flatten(1).sum(1).mean().item()
+        return out
+
+    def write_figures(self, out_dir: Path, images, labels) -> list[Path]:
+        out_dir = Path(out_dir)
+        was_training = self.model.training
+        self.model.eval()
+        paths = []
+        with torch.no_grad():
+            # One example of each of the first classes, as in Sabour et al. figure 4.
+            picks = []
+            for c in range(min(self.info.num_classes, 10)):
+                hits = (labels == c).nonzero()
+                if len(hits):
+                    picks.append(int(hits[0]))
+            x = images[picks]
+            poses, lengths = self.predict(x)
+            pred = lengths.argmax(1)
+            recon = self.model.decode(poses.to(self.device), pred.to(self.device)).cpu()
+            paths.append(save_image_grid(torch.cat([x, recon]), out_dir / "reconstructions.png",
+                                         ncol=len(x), scale=3))
+            for n, k in enumerate(picks[:3]):
+                paths.append(self.perturbation_figure(poses[n], int(pred[n]),
+                                                      out_dir / f"perturbation_class{labels[k]}.png"))
+        self.model.train(was_training)
+        return paths
+
+    def perturbation_figure(self, poses: torch.Tensor, cls: int, path: Path,
+                            steps: int = 11, radius: float = 0.25) -> Path:
+        """Tweak each dimension of the winning capsule over [-radius, radius] and decode.
+
+        ``poses`` [K, D] for one image; writes a D x steps grid (row d = dimension d).
+        """
+        D = poses.shape[-1]
+        deltas = torch.linspace(-radius, radius, steps)
+        batch = poses.unsqueeze(0).repeat(D * steps, 1, 1)
+        for d in range(D):
+            batch[d * steps:(d + 1) * steps, cls, d] += deltas
+        mask = torch.full((D * steps,), cls, dtype=torch.long)
+        imgs = self.model.decode(batch.to(self.device), mask.to(self.device)).cpu()
+        return save_image_grid(imgs, path, ncol=steps, scale=2)

@@ -1,0 +1,1 @@
+"""The generic training loop, run folders and checkpoints."""
