@@ -34,7 +34,7 @@ class TrainConfig:
 
 def _parse_value(raw: str, annotation: Any, key: str) -> Any:
     """Parse a ``--set`` value according to the field's annotation (str form of the type)."""
-    ann = str(annotation)
+    ann = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     if raw.lower() in ("none", "null") and "None" in ann:
         return None
     try:

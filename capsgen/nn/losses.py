@@ -10,7 +10,7 @@ def as_target_matrix(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     if targets.dim() == 1:
         return F.one_hot(targets.long(), num_classes).to(torch.get_default_dtype())
     if targets.dim() == 2 and targets.shape[1] == num_classes:
-        return targets
+        return targets if targets.is_floating_point() else targets.to(torch.get_default_dtype())
     raise ValueError(f"targets must be class indices [B] or a [B, {num_classes}] 0/1 matrix, "
                      f"got shape {tuple(targets.shape)}")
 

@@ -69,6 +69,8 @@ def dynamic_routing(
         if agreement == "dot":
             b = b + torch.einsum("bijd,bjd->bij", inner, v)
         else:
-            v_unit = v / safe_norm(v, keepdim=True)
-            b = b + torch.einsum("bijd,bjd->bij", inner_unit, v_unit)
+            # Direction from s, not from v: squash keeps the direction, but for short s the
+            # length of v is ~||s||^2 and an epsilon would swamp it.
+            s_unit = s / safe_norm(s, keepdim=True)
+            b = b + torch.einsum("bijd,bjd->bij", inner_unit, s_unit)
     return (v, c) if return_coupling else v
