@@ -132,6 +132,8 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig,
             on_eval(step, res)
         return res
 
+    if step == 0:
+        save("last")  # so a run that diverges or dies early still has a good checkpoint
     bar = tqdm(total=p.total_steps, initial=step, disable=not progress, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     task.train_mode(True)
@@ -146,9 +148,10 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig,
                                   step_generator(cfg.seed, step))
                 figures = task.train_step(x_train[idx], y_train[idx] if y_train is not None else None, ctx)
                 bad = [k2 for k2, v in figures.items() if not math.isfinite(v)]
-                if bad:
-                    raise Diverged(f"{', '.join(bad)} became non-finite at step {step + 1}; "
-                                   f"the last good checkpoint is kept in {run.checkpoint('last')} "
+                reason = f"{', '.join(bad)} became non-finite" if bad else task.check_figures(figures)
+                if reason:
+                    raise Diverged(f"{reason} at step {step + 1}; the last "
+                                   f"good checkpoint (step {state['step']}) is kept in {run.checkpoint('last')} "
                                    "(try a lower learning rate with --set lr=…)")
                 step += 1
                 for k2, v in figures.items():
@@ -162,6 +165,7 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig,
                     for k2, v in means.items():
                         writer.add_scalar(f"train/{k2}", v, step)
                     bar.set_postfix({k2: f"{v:.4g}" for k2, v in means.items()}, refresh=False)
+                task.after_step(step, run, writer)
                 if step % p.eval_every == 0 or step == p.total_steps:
                     final = evaluate()
                     bar.set_postfix({k2: f"{v:.4g}" for k2, v in final.items()}, refresh=False)

@@ -1,0 +1,65 @@
+"""The command line as a user meets it: one-line errors, no corrupted run folders, eval."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capsgen.cli import main
+from tests.conftest import TINY_CAPSNET, run_cli
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("capsgen: error:") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "nosuchmodel"], "choose from 'capsnet'"),
+    (["train", "capsnet", "--data", "nosuchdata"], "fashion-mnist"),
+    (["train", "capsnet", "--data", "digits", "--bogus", "1"], "valid options for 'capsgen train': --batch-size"),
+    (["train", "capsnet", "--data", "digits", "--set", "nosuchkey=1"], "valid keys: model.class_dim"),
+    (["train", "capsnet", "--data", "digits", "--set", "routing_iterations=abc"], "not a valid int"),
+    (["train", "capsnet", "--data", "mnist"], "--data-dir"),
+    (["train", "capsnet", "--data", "digits"], "too small"),
+    (["train"], "name a model"),
+    (["eval", "/nonexistent/run"], "not a capsgen run folder"),
+    (["nosuchcommand"], "invalid choice"),
+])
+def test_bad_input_gets_one_line(capsys, argv, expected):
+    assert expected in one_line_error(capsys, argv)
+
+
+def test_bad_input_never_creates_or_corrupts_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    one_line_error(capsys, ["train", "capsnet", "--data", "mnist", "--out", str(out)])
+    assert not out.exists()
+    one_line_error(capsys, ["train", "capsnet", "--data", "digits", "--batch-size", "100000",
+                            "--out", str(out), *TINY_CAPSNET])
+    assert not out.exists()
+
+
+def test_train_eval_and_refuse_existing_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "capsnet", "--data", "digits", "--steps", "6", "--batch-size", "8", "--no-progress",
+            "--out", str(out), *TINY_CAPSNET]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = (out / "config.json").read_text(), (out / "checkpoints" / "last.safetensors").read_bytes()
+    err = one_line_error(capsys, argv)
+    assert "already holds a run" in err and "--resume" in err
+    assert before == ((out / "config.json").read_text(), (out / "checkpoints" / "last.safetensors").read_bytes())
+    err = one_line_error(capsys, ["train", "--resume", str(out), "--data", "digits"])
+    assert "only --steps/--epochs" in err
+    assert main(["eval", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(lines[0])
+    assert res["data"] == "digits" and 0.0 <= res["test_error"] <= 1.0 and res["n"] == 359
+    assert lines[1].startswith("test error:")
+
+
+def test_console_script_entry_point():
+    r = run_cli(["--help"])
+    assert r.returncode == 0 and "train" in r.stdout and "demo" in r.stdout
