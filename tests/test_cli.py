@@ -63,3 +63,14 @@ def test_train_eval_and_refuse_existing_run(tmp_path, capsys):
 def test_console_script_entry_point():
     r = run_cli(["--help"])
     assert r.returncode == 0 and "train" in r.stdout and "demo" in r.stdout
+
+
+def test_demo_writes_pictures_and_report(tmp_path):
+    out = tmp_path / "demo"
+    r = run_cli(["demo", "--out", str(out), "--steps", "2"])
+    assert r.returncode == 0, r.stderr
+    assert "report:" in r.stdout
+    report = (out / "report.md").read_text()
+    assert "mnist-5k" in report and "test_error" in report
+    for png in ("curves.png", "reconstructions.png", "perturbation_class0.png"):
+        assert (out / "figures" / png).stat().st_size > 1000
