@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from capsgen.data import ImageData, load_split
 from capsgen.errors import CapsgenError, ConfigError
 from capsgen.models import get_family
 from capsgen.report.run_report import write_run_report
-from capsgen.train.checkpoint import load_checkpoint
+from capsgen.train.checkpoint import atomic_write_text, load_checkpoint
 from capsgen.train.loop import plan, run_training
 from capsgen.train.rundir import RunDir
 from capsgen.train.task import DataInfo, Task
@@ -100,9 +101,6 @@ def resume(path: str | Path, steps: int | None = None, epochs: float | None = No
         tcfg.steps, tcfg.epochs = steps, epochs
         raw = run.read_config()
         raw["train"] = to_dict(tcfg)
-        from capsgen.train.checkpoint import atomic_write_text
-        import json
-
         atomic_write_text(run.config_path, json.dumps(raw, indent=2, sort_keys=True))
     _set_threads(tcfg)
     train, test = load_data(tcfg)
