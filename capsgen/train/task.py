@@ -71,6 +71,21 @@ class Task(ABC):
         """Write the family's pictures (PNG) from held-out data; returns their paths."""
         return []
 
+    def check_figures(self, figures: dict[str, float]) -> str | None:
+        """Optional: a reason to stop the run after a step (e.g. "g_loss 3e5 exceeded 1e4"), or None.
+
+        The loop already stops on non-finite figures; this lets a family add its own limits.
+        """
+        return None
+
+    def after_step(self, step: int, run: Any, writer: Any = None) -> None:
+        """Optional: called after ``step`` steps have finished (e.g. to write progress pictures).
+
+        ``run`` is the :class:`~capsgen.train.rundir.RunDir`, ``writer`` the TensorBoard
+        SummaryWriter. It must not change training state or draw from the global RNG, so a
+        resumed run stays identical to an uninterrupted one.
+        """
+
     def train_mode(self, flag: bool = True) -> None:
         for m in self.modules.values():
             m.train(flag)
