@@ -23,10 +23,18 @@ class Family:
 
 def _families() -> dict[str, Family]:
     from capsgen.models.capsnet import CapsNetConfig
+    from capsgen.models.classifier import ClassifierConfig
+    from capsgen.models.gan_task import CapsuleGANConfig, DCGANConfig
 
     return {
         "capsnet": Family("capsnet", "CapsNet classifier (Sabour et al. 2017)", CapsNetConfig,
                           "capsgen.models.capsnet_task:CapsNetTask"),
+        "classifier": Family("classifier", "small CNN classifier; the evaluator network of the sample metrics",
+                             ClassifierConfig, "capsgen.models.classifier_task:ClassifierTask"),
+        "dcgan": Family("dcgan", "DCGAN: convolutional generator and discriminator (Radford et al. 2015)",
+                        DCGANConfig, "capsgen.models.gan_task:GANTask"),
+        "capsulegan": Family("capsulegan", "CapsuleGAN: CapsNet discriminator (Jaiswal et al. 2018; Karmakar)",
+                             CapsuleGANConfig, "capsgen.models.gan_task:GANTask"),
     }
 
 

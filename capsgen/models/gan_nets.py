@@ -1,0 +1,220 @@
+"""Generators and discriminators of the GAN families (DCGAN and CapsuleGAN).
+
+Conventions shared by every network here:
+
+- latent noise ``z`` is [B, latent_dim], drawn from N(0, I);
+- generators output images [B, C, H, W] in [-1, 1] (tanh), the GAN convention; the task maps
+  data from [0, 1] to [-1, 1] before the discriminator sees it and back for pictures;
+- discriminators take images [B, C, H, W] in [-1, 1] and return a tensor [B, K] together with a
+  class attribute ``kind`` saying what it holds:
+    * ``"logit"`` (K = 1): an unbounded score, D(x) = sigmoid(logit);
+    * ``"length"`` (K = 1 or 2): capsule lengths in [0, 1). With one capsule its length is
+      P(real) (Jaiswal et al.); with two capsules (real, fake) see :mod:`gan_losses` for how
+      they give P(real).
+
+Spatial sizes: DCGAN-style networks double (or halve) the image size by factors of two from a
+base size of at least 4, e.g. 7 -> 14 -> 28, 4 -> 8 -> 16 -> 32 (-> 64), 4 -> 8 for 8x8 digits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from capsgen.nn import DenseCapsules, PrimaryCapsules, safe_norm
+
+
+def halvings(h: int, w: int, min_size: int = 4) -> int:
+    """How many times (h, w) can be halved exactly while staying >= ``min_size`` (28 -> 2, 32 -> 3)."""
+    n = 0
+    while h % 2 == 0 and w % 2 == 0 and h // 2 >= min_size and w // 2 >= min_size:
+        h, w, n = h // 2, w // 2, n + 1
+    return n
+
+
+def _norm2d(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose batch or none")
+
+
+def _activation(kind: str, channels: int) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "prelu":
+        return nn.PReLU(channels)     # one learnt slope per channel
+    if kind == "leaky":
+        return nn.LeakyReLU(0.2, inplace=True)
+    raise ValueError(f"unknown activation {kind!r}; choose relu, prelu or leaky")
+
+
+# --------------------------------------------------------------------------------- generators
+class DCGANGenerator(nn.Module):
+    """Radford et al.'s generator: z [B, latent_dim] -> images [B, C, H, W] in [-1, 1].
+
+    Linear projection to [width * 2^(n-1), H / 2^n, W / 2^n], then n transposed convolutions
+    (4x4, stride 2) that halve the channels and double the size, batch norm + ReLU between,
+    tanh at the end. With width 64: 28x28 is 7x7x128 -> 14x14x64 -> 28x28xC; 64x64 is
+    4x4x512 -> 8x8x256 -> 16x16x128 -> 32x32x64 -> 64x64x3.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], latent_dim: int = 100, width: int = 64,
+                 norm: str = "batch"):
+        super().__init__()
+        C, H, W = shape
+        n = halvings(H, W)
+        h0, w0 = H >> n, W >> n
+        ch = width * 2 ** max(n - 1, 0)
+        bias = norm == "none"  # a bias before batch norm is cancelled by its mean
+        layers: list[nn.Module] = [nn.Linear(latent_dim, ch * h0 * w0, bias=bias),
+                                   nn.Unflatten(1, (ch, h0, w0)), _norm2d(norm, ch), nn.ReLU(inplace=True)]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=bias), _norm2d(norm, ch // 2),
+                       nn.ReLU(inplace=True)]
+            ch //= 2
+        last = nn.ConvTranspose2d(ch, C, 4, 2, 1) if n >= 1 else nn.Conv2d(ch, C, 3, 1, 1)
+        layers += [last, nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.latent_dim, self.shape = latent_dim, shape
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, latent_dim] -> [B, C, H, W] in [-1, 1]."""
+        return self.net(z)
+
+
+class KarmakarGenerator(nn.Module):
+    """The generator of Karmakar (paper 000): five 3x3 conv layers, LeakyReLU, no batch norm.
+
+    z [B, latent_dim] -> Linear -> [channels[0], H / 2^n, W / 2^n] -> conv 3x3 layers with
+    ``channels`` outputs (paper: 128, 64, 32, 3) and a last one with C outputs (paper: 1),
+    LeakyReLU(0.2) after each but the last, tanh at the end -> images [B, C, H, W] in [-1, 1].
+    The paper does not say how 100 numbers become 28x28; here a linear layer projects to 7x7 and
+    the first n conv layers are preceded by a nearest-neighbour x2 upsampling (n = 2 for 28x28).
+    """
+
+    def __init__(self, shape: tuple[int, int, int], latent_dim: int = 100,
+                 channels: tuple[int, ...] = (128, 64, 32, 3), slope: float = 0.2):
+        super().__init__()
+        C, H, W = shape
+        n = halvings(H, W)
+        widths = (*channels, C)
+        if n > len(widths):
+            raise ValueError(f"{H}x{W} needs {n} upsamplings but the generator has only "
+                             f"{len(widths)} conv layers")
+        h0, w0 = H >> n, W >> n
+        layers: list[nn.Module] = [nn.Linear(latent_dim, channels[0] * h0 * w0),
+                                   nn.Unflatten(1, (channels[0], h0, w0)), nn.LeakyReLU(slope, inplace=True)]
+        cin = channels[0]
+        for k, cout in enumerate(widths):
+            if k < n:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            layers.append(nn.Conv2d(cin, cout, 3, 1, 1))
+            layers.append(nn.LeakyReLU(slope, inplace=True) if k < len(widths) - 1 else nn.Tanh())
+            cin = cout
+        self.net = nn.Sequential(*layers)
+        self.latent_dim, self.shape = latent_dim, shape
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, latent_dim] -> [B, C, H, W] in [-1, 1]."""
+        return self.net(z)
+
+
+# ----------------------------------------------------------------------------- discriminators
+class DCGANDiscriminator(nn.Module):
+    """Convolutional discriminator: images [B, C, H, W] in [-1, 1] -> logits [B, 1].
+
+    n strided 4x4 convolutions (stride 2) doubling the channels from ``width``, LeakyReLU(0.2),
+    batch norm on all but the first (Radford et al.); ``extra_layers`` 3x3 stride-1 conv layers
+    (to build the 5-conv-layer discriminator of paper 000 for 28x28: 2 strided + 2 extra + 1);
+    a last convolution over the whole remaining map gives one logit.
+    """
+
+    kind = "logit"
+
+    def __init__(self, shape: tuple[int, int, int], width: int = 64, norm: str = "batch",
+                 extra_layers: int = 0):
+        super().__init__()
+        C, H, W = shape
+        n = halvings(H, W)
+        layers: list[nn.Module] = []
+        ch = width
+        if n >= 1:
+            layers += [nn.Conv2d(C, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        else:
+            layers += [nn.Conv2d(C, ch, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True)]
+        bias = norm == "none"
+        for _ in range(n - 1):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=bias), _norm2d(norm, ch * 2),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            ch *= 2
+        for _ in range(extra_layers):
+            layers += [nn.Conv2d(ch, ch, 3, 1, 1, bias=bias), _norm2d(norm, ch), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(ch, 1, (H >> n, W >> n)), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> logits [B, 1]."""
+        return self.net(x)
+
+
+class CapsuleDiscriminator(nn.Module):
+    """CapsNet discriminator: images [B, C, H, W] in [-1, 1] -> [B, 1] logits or [B, K] lengths.
+
+    conv (``conv_channels``, ``conv_kernel``) + activation -> primary capsules
+    (``primary_caps`` types x ``primary_dim``-D, ``primary_kernel``, ``primary_stride``)
+    -> ``out_caps`` capsules of ``out_dim`` dimensions by dynamic routing, then
+
+    - ``head="dense"`` (Karmakar, paper 000): flatten [B, out_caps * out_dim] -> dense
+      ``dense`` + LeakyReLU -> dense 1 = logit (the paper's sigmoid lives in the loss, for
+      numerical stability). Paper size: conv 256 9x9 + PReLU, primary 32 x 8-D 7x7 stride 2
+      (a 7x7 grid on 28x28 input), 10 x 16-D capsules, dense 64.
+    - ``head="length"`` (Jaiswal et al., paper 001): the output is the capsule lengths
+      [B, out_caps]. With out_caps = 1 the length is P(real). Routing to a single parent is a
+      no-op: the softmax over one parent makes every coupling coefficient 1, so the output is
+      the squashed plain sum of the votes whatever the number of iterations (the layer then
+      runs one iteration, which gives identical numbers). out_caps = 2 (real, fake) makes the
+      routing meaningful; capsule 0 is "real", capsule 1 "fake".
+
+    ``init_std`` of the capsule transforms is Sabour's 0.01: output capsules then start short
+    (the squash is quadratic near 0), so the discriminator starts slowly; raise it to start faster.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], conv_channels: int = 256, conv_kernel: int = 9,
+                 activation: str = "prelu", primary_caps: int = 32, primary_dim: int = 8,
+                 primary_kernel: int = 9, primary_stride: int = 2, out_caps: int = 10,
+                 out_dim: int = 16, routing_iterations: int = 3, head: str = "dense",
+                 dense: int = 64, grad_through_routing: bool = True, squash: str = "sabour",
+                 init_std: float = 0.01):
+        super().__init__()
+        C, H, W = shape
+        if head not in ("dense", "length"):
+            raise ValueError(f"unknown capsule head {head!r}; choose dense or length")
+        h = (H - conv_kernel + 1 - primary_kernel) // primary_stride + 1
+        w = (W - conv_kernel + 1 - primary_kernel) // primary_stride + 1
+        if H - conv_kernel + 1 < primary_kernel or W - conv_kernel + 1 < primary_kernel:
+            raise ValueError(f"input {H}x{W} is too small for kernels {conv_kernel} and {primary_kernel} "
+                             "(lower d_conv_kernel / d_primary_kernel)")
+        self.kind = "logit" if head == "dense" else "length"
+        self.conv = nn.Conv2d(C, conv_channels, conv_kernel)
+        self.act = _activation(activation, conv_channels)
+        self.primary = PrimaryCapsules(conv_channels, primary_caps, primary_dim, primary_kernel,
+                                       primary_stride, squash=squash)
+        self.num_primary = primary_caps * h * w
+        # One parent: c == 1 after any number of iterations, so one iteration is the same answer.
+        iters = 1 if out_caps == 1 else routing_iterations
+        self.caps = DenseCapsules(self.num_primary, primary_dim, out_caps, out_dim, iters,
+                                  grad_through_iterations=grad_through_routing, squash=squash,
+                                  init_std=init_std)
+        self.head = (nn.Sequential(nn.Flatten(), nn.Linear(out_caps * out_dim, dense),
+                                   nn.LeakyReLU(0.2, inplace=True), nn.Linear(dense, 1))
+                     if head == "dense" else None)
+
+    def capsules(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""
+        return self.caps(self.primary(self.act(self.conv(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> logits [B, 1] (dense head) or capsule lengths [B, out_caps]."""
+        v = self.capsules(x)
+        return self.head(v) if self.head is not None else safe_norm(v)
