@@ -25,6 +25,8 @@ class TrainConfig:
     batch_size: int = 100
     steps: int | None = None          # total optimisation steps; wins over epochs
     epochs: float | None = None       # used when steps is None (default 1 epoch)
+    minutes: float | None = None      # wall-clock budget (training + evaluation); with neither
+                                      # steps nor epochs, train until it is spent
     log_every: int = 20               # steps between metrics.jsonl / TensorBoard rows
     eval_every: int = 0               # steps between test evaluations; 0 = once per epoch
     eval_limit: int | None = None     # evaluate on the first N test images (None = all)

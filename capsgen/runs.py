@@ -93,12 +93,19 @@ def read_run(path: str | Path) -> tuple[RunDir, TrainConfig, Any]:
 
 
 def resume(path: str | Path, steps: int | None = None, epochs: float | None = None,
-           progress: bool = True) -> tuple[RunDir, dict]:
-    """Continue a run from its last checkpoint (optionally with a larger step budget)."""
+           progress: bool = True, minutes: float | None = None) -> tuple[RunDir, dict]:
+    """Continue a run from its last checkpoint (optionally with a larger step or time budget).
+
+    A new ``steps``/``epochs`` replaces both of the old ones; a new ``minutes`` replaces the old
+    time budget, which counts the run's whole training time, before and after the resume.
+    """
     run, tcfg, mcfg = read_run(path)
     run.lock()
-    if steps is not None or epochs is not None:
-        tcfg.steps, tcfg.epochs = steps, epochs
+    if steps is not None or epochs is not None or minutes is not None:
+        if steps is not None or epochs is not None:
+            tcfg.steps, tcfg.epochs = steps, epochs
+        if minutes is not None:
+            tcfg.minutes = minutes
         raw = run.read_config()
         raw["train"] = to_dict(tcfg)
         atomic_write_text(run.config_path, json.dumps(raw, indent=2, sort_keys=True))

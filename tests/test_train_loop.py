@@ -156,3 +156,24 @@ def test_diverging_loss_stops_and_keeps_last_good(tmp_path):
     assert "non-finite" in r.stderr and "Traceback" not in r.stderr
     tensors, meta = read_checkpoint(run / "checkpoints" / "last.safetensors")
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("module."))
+
+
+def test_time_budget_stops_evaluates_and_saves(tmp_path):
+    out = tmp_path / "run"
+    t0 = time.time()
+    r = run_cli([*TRAIN, "--minutes", "0.05", "--set", "checkpoint_every=100000", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert time.time() - t0 < 120
+    final = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "test_error" in final
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    last_step = max(row["step"] for row in rows)
+    assert last_step > 1 and rows[-1]["split"] == "test"
+    tensors, meta = read_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert meta["state"]["step"] == last_step and meta["state"]["elapsed"] >= 3.0
+    # The budget counts the run's whole time: a resume with the same budget has nothing left to do.
+    r = run_cli(["train", "--resume", str(out), "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert "time budget of 0.05 minutes is already spent" in r.stdout
+    r = run_cli(["train", "--resume", str(out), "--no-progress", "--minutes", "0"])
+    assert r.returncode == 2 and "minutes must be > 0" in r.stderr

@@ -47,6 +47,9 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(_mix(seed + 1, step))
 
 
+UNBOUNDED = 10**12   # step "budget" of a run bounded only by minutes
+
+
 @dataclass
 class Plan:
     steps_per_epoch: int
@@ -59,8 +62,12 @@ def plan(cfg: TrainConfig, n_train: int) -> Plan:
         raise CapsgenError(f"batch size {cfg.batch_size} is larger than the {n_train} training "
                            "images; lower --batch-size")
     spe = n_train // cfg.batch_size  # drop the last partial batch: every step has equal shape
+    if cfg.minutes is not None and cfg.minutes <= 0:
+        raise CapsgenError(f"minutes must be > 0, got {cfg.minutes}")
     if cfg.steps is not None:
         total = cfg.steps
+    elif cfg.epochs is None and cfg.minutes is not None:
+        total = UNBOUNDED   # the time budget ends the run
     else:
         total = math.ceil((cfg.epochs if cfg.epochs is not None else 1.0) * spe)
     if total < 1:
@@ -109,6 +116,8 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig,
     step = state["step"]
     if step >= p.total_steps:
         print(f"{run.path}: already trained for {step} of {p.total_steps} steps")
+    elif cfg.minutes is not None and state["elapsed"] >= cfg.minutes * 60:
+        print(f"{run.path}: its time budget of {cfg.minutes:g} minutes is already spent")
     better = (lambda a, b: a < b) if task.best_metric and task.best_mode == "min" else (lambda a, b: a > b)
     order_epoch, order = -1, None
     t0 = time.perf_counter() - state["elapsed"]
@@ -134,12 +143,13 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig,
 
     if step == 0:
         save("last")  # so a run that diverges or dies early still has a good checkpoint
-    bar = tqdm(total=p.total_steps, initial=step, disable=not progress, unit="step",
+    budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
+    bar = tqdm(total=None if p.total_steps == UNBOUNDED else p.total_steps, initial=step, disable=not progress, unit="step",
                dynamic_ncols=True, file=sys.stderr)
     task.train_mode(True)
     try:
         with _SignalGuard():
-            while step < p.total_steps:
+            while step < p.total_steps and time.perf_counter() - t0 < budget_s:
                 epoch, k = divmod(step, p.steps_per_epoch)
                 if epoch != order_epoch:
                     order, order_epoch = epoch_order(cfg.seed, epoch, len(x_train)), epoch
@@ -157,7 +167,8 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig,
                 for k2, v in figures.items():
                     window.setdefault(k2, []).append(v)
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == p.total_steps:
+                out_of_time = time.perf_counter() - t0 >= budget_s
+                if step % cfg.log_every == 0 or step == p.total_steps or out_of_time:
                     means = {k2: sum(v) / len(v) for k2, v in window.items()}
                     window.clear()
                     run.append_metrics({"step": step, "split": "train", "epoch": round(step / p.steps_per_epoch, 4),
@@ -173,7 +184,9 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig,
                     if val is not None and (state["best"] is None or better(val, state["best"])):
                         state["best"] = val
                         save("best")
-                if step % cfg.checkpoint_every == 0 or step == p.total_steps:
+                if out_of_time and step % p.eval_every and step != p.total_steps:
+                    final = evaluate()   # the budget ends the run here: evaluate what it reached
+                if step % cfg.checkpoint_every == 0 or step == p.total_steps or out_of_time:
                     save("last")
     except KeyboardInterrupt:
         bar.close()
