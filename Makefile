@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   creates .venv, installs capsgen, trains a short CapsNet on bundled data, writes pictures + report
+#   make demo   creates .venv, installs capsgen, trains a capsule GAN for a few minutes on bundled digits, writes samples, curves + report
 #   make test   creates/updates .venv, installs Fashion-MNIST (Debian package) if missing, runs the tests
 PY      ?= python3
 VENV    := .venv

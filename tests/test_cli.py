@@ -65,12 +65,20 @@ def test_console_script_entry_point():
     assert r.returncode == 0 and "train" in r.stdout and "demo" in r.stdout
 
 
-def test_demo_writes_pictures_and_report(tmp_path):
+def test_demo_trains_a_capsule_gan_and_writes_samples_curves_and_report(tmp_path):
     out = tmp_path / "demo"
-    r = run_cli(["demo", "--out", str(out), "--steps", "2"])
+    r = run_cli(["demo", "--out", str(out), "--steps", "3"], timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "report:" in r.stdout
+    assert "capsule GAN" in r.stdout and "report:" in r.stdout and "samples.png" in r.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["family"] == "capsulegan" and config["train"]["data"] == "mnist-5k"
+    figs = out / "figures"
+    for png in ("samples.png", "gan_curves.png", "interpolation.png"):
+        assert (figs / png).stat().st_size > 1000
+    assert sorted(p.name for p in (figs / "samples").iterdir()) == [f"step_00000{k}.png" for k in (1, 2, 3)]
     report = (out / "report.md").read_text()
-    assert "mnist-5k" in report and "test_error" in report
-    for png in ("curves.png", "reconstructions.png", "perturbation_class0.png"):
-        assert (out / "figures" / png).stat().st_size > 1000
+    assert "capsulegan" in report and "mnist-5k" in report
+    for ref in ("figures/samples.png", "figures/gan_curves.png", "figures/samples/step_000003.png"):
+        assert f"]({ref})" in report
+    for figure in ("d_acc", "d_real", "d_fake"):   # the final discriminator figures
+        assert f"| {figure} |" in report
