@@ -28,13 +28,13 @@ EVAL_DESCRIPTION = (
     "published Inception-based numbers.")
 
 
-def _is_sample_file(target: str) -> bool:
+def is_sample_file(target: str) -> bool:
     return str(target).lower().endswith(".npz") or Path(target).is_file()
 
 
 def wants_sample_metrics(target: str) -> bool:
     """True for a .npz path or a run folder whose family can generate images."""
-    if _is_sample_file(target):
+    if is_sample_file(target):
         return True
     try:
         from capsgen import runs
@@ -46,7 +46,7 @@ def wants_sample_metrics(target: str) -> bool:
         return False        # the classifier path reports the problem with the run folder
 
 
-def _generate(run_dir: str, n: int, seed: int) -> tuple[str, str | None, np.ndarray]:
+def generate_images(run_dir: str, n: int, seed: int) -> tuple[str, str | None, np.ndarray]:
     """(dataset, data_dir, uint8 [n, H, W, C]) drawn from a generative run's 'last' weights."""
     import torch
 
@@ -70,7 +70,7 @@ def cmd_eval_samples(args: Any) -> int:
     target = args.run
     if args.n is not None and args.n < 1:
         raise CapsgenError(f"--n must be a positive number of samples, got {args.n}")
-    if _is_sample_file(target):
+    if is_sample_file(target):
         if not args.data:
             raise CapsgenError(f"--data NAME is required with a sample file (the dataset {target} imitates)")
         data, data_dir = get_spec(args.data).name, args.data_dir
@@ -78,7 +78,7 @@ def cmd_eval_samples(args: Any) -> int:
         kind = "file"
     else:
         n = args.n or DEFAULT_RUN_SAMPLES
-        data, data_dir, images = _generate(target, n, args.seed)
+        data, data_dir, images = generate_images(target, n, args.seed)
         if args.data and get_spec(args.data).name != data:
             raise CapsgenError(f"{target} was trained on {data}, not {args.data}; leave --data out")
         data_dir = args.data_dir or data_dir
