@@ -40,6 +40,7 @@ test-slow: $(STAMP) fashion-mnist
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capsnet_step.py
+	$(BIN)/python benchmarks/gan_step.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
