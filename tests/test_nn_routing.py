@@ -328,3 +328,45 @@ def test_grad_flag_matters_only_with_inner_iterations(agreement, normalize):
             assert torch.allclose(g_on, g_off, rtol=0, atol=1e-12)
         else:
             assert not torch.allclose(g_on, g_off, rtol=1e-3, atol=1e-6), iterations
+
+
+# ----------------------------------------------------------------------------- fused dot routing
+# Dot agreement with the softmax over parents runs through a hand-written backward
+# (routing._DotRouting). Its gradient must equal autograd's gradient of the scalar-loop
+# reference — with and without gradient through the inner iterations, for either squash, and
+# for votes laid out as capsule_votes returns them (a transposed, non-contiguous view).
+@pytest.mark.parametrize("iterations", [1, 2, 3, 4])
+@pytest.mark.parametrize("grad_through", [True, False])
+@pytest.mark.parametrize("squash_pair", [(squash, ref_squash), (squash_exp, ref_squash_exp)])
+def test_fused_backward_matches_reference_autograd(iterations, grad_through, squash_pair):
+    fn, ref_fn = squash_pair
+    base = rand_votes(3, 5, 4, 3, seed=300 + iterations)
+    g = cotangent((3, 4, 3), seed=7)
+    # same values, memory laid out [I, B, J, D] like capsule_votes' output
+    strided = base.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    assert not strided.is_contiguous()
+    v = dynamic_routing(strided, iterations, "dot", grad_through, fn)
+    (v * g).sum().backward()
+    ref_in = base.clone().requires_grad_()
+    v_ref, _ = ref_routing(ref_in, iterations, "dot", squash=ref_fn, detach_inner=not grad_through)
+    (v_ref * g).sum().backward()
+    assert torch.allclose(v, v_ref, **TOL)
+    assert torch.allclose(strided.grad, ref_in.grad, **GTOL)
+
+
+def test_fused_routing_refuses_double_backward_loudly():
+    # The hand-written backward is not itself differentiable; a second-order use (e.g. a
+    # gradient penalty) must fail with an error, never return a silently wrong Hessian term.
+    u_hat = rand_votes(2, 3, 2, 3, seed=5).requires_grad_()
+    (grad,) = torch.autograd.grad(dynamic_routing(u_hat, 3).sum(), u_hat, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
+
+
+def test_fused_routing_without_grad_matches_with_grad():
+    u_hat = rand_votes(2, 6, 3, 4, seed=8)
+    with torch.no_grad():
+        v0, c0 = dynamic_routing(u_hat, 3, return_coupling=True)
+    v1, c1 = dynamic_routing(u_hat.clone().requires_grad_(), 3, return_coupling=True)
+    assert torch.equal(v0, v1.detach()) and torch.equal(c0, c1)
+    assert c1.shape == (2, 6, 3) and not c1.requires_grad
