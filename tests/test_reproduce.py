@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from capsgen.cli import main
@@ -93,3 +94,23 @@ def test_other_settings_refuse_the_folder_and_bad_input_is_one_line(report, caps
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "y").exists()
     assert main(["reproduce", "nosuch", "--data", "digits", "--budget", "1"]) == 2
     assert "capsulegan" in capsys.readouterr().err
+
+
+def test_real_unlabelled_row_uses_what_is_left_when_labelled_subsets_overlap_little():
+    # Independent draws of 400 and 800 labelled digits cover more than 800 of the 1,438 training
+    # images, so fewer than `generated` remain: the row uses all of them, none labelled.
+    from capsgen.data import load_split
+    from capsgen.eval.semisup import stratified_labelled_subset
+    from capsgen.reproduce.capsulegan import Settings, real_unlabelled, semisup_real_row
+
+    s = Settings(data="digits", budget=0.01, out="unused", labelled=(400, 800), generated=1000,
+                 semisup_test_n=100)
+    train = load_split("digits", "train", None)
+    used = np.zeros(len(train), bool)
+    for n in s.labelled:
+        used[stratified_labelled_subset(train.labels, n, s.seed)] = True
+    images = real_unlabelled(s)
+    assert len(images) == (~used).sum() < s.generated
+    assert np.array_equal(images, train.images[~used])
+    row = semisup_real_row(s)                                   # used to raise "fewer than generated"
+    assert row["generated"] == len(images) and [r["labelled"] for r in row["rows"]] == [400, 800]

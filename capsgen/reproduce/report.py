@@ -160,7 +160,8 @@ def write_reports(folder: Path, s: Any, results: dict[str, Any], figures: dict[s
               f"generated images as unlabelled data; {one['method']}.", ""]
         rows = []
         order = ["labelled-only"] + [spec.name for spec in MODELS] + ["real-unlabelled"]
-        desc = {"labelled-only": "no unlabelled images", "real-unlabelled": f"{s.generated} real images (ceiling)"}
+        n_real = sem.get("real-unlabelled", {}).get("generated", s.generated)
+        desc = {"labelled-only": "no unlabelled images", "real-unlabelled": f"{n_real} real images (ceiling)"}
         for name in order:
             if name in sem:
                 errs = {r["labelled"]: r["error"] for r in sem[name]["rows"]}
