@@ -35,8 +35,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def start(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A shell without job control starts background jobs (`make test &`) with SIGINT ignored,
+    # and Python keeps an inherited SIG_IGN: give the child the terminal's default so that
+    # SIGINT here means Ctrl-C, whatever started pytest.
     return subprocess.Popen([sys.executable, "-m", "capsgen.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int) -> None:
