@@ -76,6 +76,14 @@ class ImageData:
         y = None if self.labels is None else torch.from_numpy(self.labels.astype(np.int64, copy=True))
         return torch.from_numpy(x), y
 
+    def to_batch(self):
+        """The whole split as one :class:`~capsgen.data.batch.Batch` (float images, labels, attributes)."""
+        from capsgen.data.batch import Batch
+
+        x, y = self.to_tensors()
+        a = None if self.attributes is None else torch.from_numpy(self.attributes.astype(np.float32))
+        return Batch(x, y, a)
+
 
 # ----------------------------------------------------------------------------- errors
 
