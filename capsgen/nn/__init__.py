@@ -8,3 +8,9 @@ __all__ = [
     "ConvCapsules", "DenseCapsules", "PrimaryCapsules", "capsule_votes", "as_target_matrix",
     "margin_loss", "dynamic_routing", "get_squash", "safe_norm", "squash", "squash_exp", "unsquash",
 ]
+
+# Trainable routing (Chen et al., G-CapsNets).
+from capsgen.nn.trainable_routing import (TrainableConvCapsules, TrainableDenseCapsules,  # noqa: E402
+                                          dense_capsules, trainable_routing)
+
+__all__ += ["TrainableConvCapsules", "TrainableDenseCapsules", "dense_capsules", "trainable_routing"]
