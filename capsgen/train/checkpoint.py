@@ -56,7 +56,7 @@ from safetensors.torch import save as st_save
 
 from capsgen.errors import CapsgenError
 from capsgen.train.checkpoint_schema import (MAX_HEADER_BYTES, MAX_META_BYTES, Invalid, bounded_json,
-                                                check_meta, is_num, kind, optimizer_of, show)
+                                              check_meta, is_num, kind, optimizer_of, show)
 
 FORMAT_VERSION = 2
 META_KEY, DIGEST_KEY = "capsgen", "capsgen.sha256"
@@ -254,7 +254,7 @@ def _parse(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     n = int.from_bytes(raw[:8], "little")
     if n > MAX_HEADER_BYTES or 8 + n > len(raw):
         raise Invalid(f"not a readable capsgen checkpoint (header of {n} bytes in a file of "
-                       f"{len(raw)}: truncated or not safetensors)")
+                      f"{len(raw)}: truncated or not safetensors)")
     try:
         header = bounded_json(raw[8:8 + n], "header", MAX_HEADER_BYTES)
     except Invalid as exc:
@@ -271,13 +271,13 @@ def _parse(raw: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     meta = bounded_json(meta_json.encode("utf-8"), "metadata", MAX_META_BYTES)
     if type(meta) is not dict:
         raise Invalid(f"metadata must be a JSON object, got {kind(meta)}")
-    if meta.get("format") == 2 and type(meta.get("format")) is int:
+    if meta.get("format") == FORMAT_VERSION and type(meta.get("format")) is int:
         stored = st_meta.get(DIGEST_KEY)
         if type(stored) is not str:
             raise Invalid("format-2 checkpoint without its checksum: the file is corrupt")
         if stored != _digest(meta_json, tensors):
             raise Invalid("checksum mismatch: the file is corrupt (changed or damaged after it was "
-                           "written); restore a copy or delete it")
+                          "written); restore a copy or delete it")
     check_meta(meta, tensors)
     return tensors, meta
 
@@ -329,20 +329,20 @@ def _load_optimizer(name: str, opt: torch.optim.Optimizer, om: dict,
     saved = om["param_groups"]
     if [len(g["params"]) for g in saved] != [len(g["params"]) for g in current]:
         raise Invalid(f"optimizer '{name}' has parameter groups of sizes "
-                       f"{[len(g['params']) for g in current]}, the checkpoint "
+                      f"{[len(g['params']) for g in current]}, the checkpoint "
                        f"{[len(g['params']) for g in saved]} (was the config changed?)")
     groups = []
     for i, (s, c) in enumerate(zip(saved, current)):
         if s["params"] != c["params"]:
             raise Invalid(f"optimizer '{name}' group {i}: parameter ids {show(s['params'])} "
-                           f"do not match {show(c['params'])}")
+                          f"do not match {show(c['params'])}")
         unknown = sorted(set(s) - set(c))
         if unknown:
             raise Invalid(f"optimizer '{name}' group {i} has unknown key(s) {', '.join(map(repr, unknown))}")
         for key, value in s.items():
             if key != "params" and not _same_kind(value, c[key]):
                 raise Invalid(f"optimizer '{name}' group {i}: {key} is {show(value)}, "
-                               f"expected something like {show(c[key])}")
+                              f"expected something like {show(c[key])}")
         # keys a newer torch added are filled from the optimizer as configured now
         groups.append({**c, **s})
     shapes = {pid: p.shape for g, pg in zip(current, opt.param_groups) for pid, p in zip(g["params"], pg["params"])}

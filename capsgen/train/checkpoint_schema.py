@@ -171,11 +171,11 @@ def _check_rng(rng: Any, tensors: dict[str, torch.Tensor]) -> None:
     n_torch = torch.get_rng_state().numel()
     if t is None or t.dtype != torch.uint8 or tuple(t.shape) != (n_torch,):
         raise Invalid(f"tensor rng.torch must be uint8 [{n_torch}], got "
-                       f"{'nothing' if t is None else f'{t.dtype} {list(t.shape)}'}")
+                      f"{'nothing' if t is None else f'{t.dtype} {list(t.shape)}'}")
     t = tensors.get("rng.numpy")
     if t is None or t.dtype != torch.int64 or tuple(t.shape) != (624,):
         raise Invalid("tensor rng.numpy must be int64 [624], got "
-                       f"{'nothing' if t is None else f'{t.dtype} {list(t.shape)}'}")
+                      f"{'nothing' if t is None else f'{t.dtype} {list(t.shape)}'}")
     if int(t.min()) < 0 or int(t.max()) >= 2**32:
         raise Invalid("tensor rng.numpy holds values outside [0, 2**32)")
 
@@ -196,7 +196,7 @@ def check_meta(meta: Any, tensors: dict[str, torch.Tensor]) -> None:
     _obj(meta, "metadata", ("format", "state", "optimizers", "rng"))
     if not is_int(meta["format"]) or meta["format"] not in READABLE_FORMATS:
         raise Invalid(f"checkpoint format {show(meta['format'])} is not one this capsgen reads "
-                       f"({', '.join(map(str, READABLE_FORMATS))}); use a matching capsgen version")
+                      f"({', '.join(map(str, READABLE_FORMATS))}); use a matching capsgen version")
     _check_state(meta["state"])
     _check_optimizers(meta["optimizers"])
     _check_rng(meta["rng"], tensors)
