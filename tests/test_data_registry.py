@@ -13,7 +13,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_registry_contents():
-    assert dataset_names() == ["fashion-mnist", "mnist", "mnist-5k", "digits", "cifar10", "celeba", "folder"]
+    assert dataset_names() == ["fashion-mnist", "mnist", "mnist-5k", "digits", "cifar10", "celeba", "shapes-attributes", "folder"]
     for name, spec in DATASETS.items():
         assert spec.name == name and spec.description and "\n" not in spec.description
     assert DATASETS["fashion-mnist"].default_dir == str(FASHION_DIR)

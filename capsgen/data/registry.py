@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsgen.data import bundled, celeba, cifar, folder, idx
+from capsgen.data import bundled, celeba, cifar, folder, idx, shapes
 from capsgen.data.base import SPLITS, ImageData
 from capsgen.errors import ConfigError
 
@@ -41,6 +41,8 @@ _SPECS = [
                 cifar.load_cifar10, None, (3, 32, 32)),
     DatasetSpec("celeba", "CelebA aligned faces with 40 binary attributes, cropped and resized (default 64x64)",
                 celeba.load_celeba, None, (3, celeba.DEFAULT_IMAGE_SIZE, celeba.DEFAULT_IMAGE_SIZE)),
+    DatasetSpec("shapes-attributes", "20k/2k generated 64x64 colour shapes with 9 independent binary attributes (no files)",
+                shapes.load_shapes_attributes, None, (3, shapes.DEFAULT_IMAGE_SIZE, shapes.DEFAULT_IMAGE_SIZE)),
     DatasetSpec("folder", "a folder of images (--data-dir), one subfolder per class or none; every 10th is test",
                 folder.load_folder, None, None),
 ]
