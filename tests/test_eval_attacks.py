@@ -195,6 +195,16 @@ def test_attacks_change_no_weights_and_restore_the_mode(digits):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_bound_method_of_a_module_is_frozen_too(digits):
+    _, _, xt, yt = digits
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.5))
+    model.train()
+    # Dropout in train mode would make two identical attacks differ.
+    assert torch.equal(fgsm(model.forward, xt[:32], yt[:32], 0.1), fgsm(model.forward, xt[:32], yt[:32], 0.1))
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
 def test_randomness_comes_only_from_the_generator(digits):
     x, y, xt, yt = digits
     model = random_lenet(3)

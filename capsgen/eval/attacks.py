@@ -10,9 +10,9 @@ likely), differentiable with respect to the images. Guarantees, for every attack
 - ε is in pixel units of the [0, 1] scale (Chen et al.'s L∞ ≤ 8 on 0–255 is ``8 / 255``); an ε
   outside [0, 1] is a :class:`CapsgenError`;
 - all randomness comes from a passed ``torch.Generator``; work is batched over images;
-- an ``nn.Module`` target is put in eval mode for the attack and its parameters get no gradient
-  (its weights, buffers and training flag are as before afterwards). A plain function wrapping
-  a module cannot be switched: put that module in eval mode yourself.
+- an ``nn.Module`` target (or a bound method of one) is put in eval mode for the attack and its
+  parameters get no gradient (its weights, buffers and training flag are as before afterwards).
+  A plain function wrapping a module cannot be switched: put that module in eval mode yourself.
 
 What each attack maximises (``loss``): ``"ce"`` is the cross-entropy of softmax(scores) with the
 true label (Goodfellow et al.); ``"margin"`` is (best wrong score − true score), which does not
@@ -100,23 +100,25 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator, like: torch.Ten
 
 
 @contextlib.contextmanager
-def frozen(model: ClassScores) -> Iterator[ClassScores]:
+def frozen(model: ClassScores) -> Iterator[None]:
     """Eval mode and no parameter gradients for the duration of an attack, restored afterwards.
 
     Eval mode keeps batch-norm statistics and dropout fixed (the attacked function must not move
     while it is attacked, and an attack must not write into running statistics); switching off
     ``requires_grad`` saves the parameter-gradient work, as only d scores / d images is needed.
     """
-    if not isinstance(model, nn.Module):
-        yield model
+    owner = getattr(model, "__self__", None)   # a bound method, e.g. ``net.forward`` or ``net.features``
+    module = model if isinstance(model, nn.Module) else owner if isinstance(owner, nn.Module) else None
+    if module is None:
+        yield
         return
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
+    modes = [(m, m.training) for m in module.modules()]
+    grads = [(p, p.requires_grad) for p in module.parameters()]
+    module.eval()
     for p, _ in grads:
         p.requires_grad_(False)
     try:
-        yield model
+        yield
     finally:
         for m, mode in modes:
             m.training = mode
