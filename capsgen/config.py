@@ -8,10 +8,41 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
-from typing import Any, get_type_hints
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, get_type_hints
 
 from capsgen.errors import ConfigError
+
+
+def opt(default: Any, *, min: float | None = None, max: float | None = None, gt: float | None = None,
+        choices: tuple | None = None) -> Any:
+    """A config field with its valid range, checked by :func:`check_config` before anything runs.
+
+    ``min``/``max`` are inclusive bounds, ``gt`` an exclusive lower bound, ``choices`` the allowed
+    values; for a tuple field they apply to every element. ``None`` (where the type allows it)
+    always passes.
+    """
+    meta = {k: v for k, v in (("min", min), ("max", max), ("gt", gt), ("choices", choices)) if v is not None}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class FamilyConfig:
+    """Base of every family's config dataclass (torch-free, so ``capsgen models`` stays fast).
+
+    ``PRESETS`` maps a preset name to ``--set`` pairs applied before the user's own.
+    """
+
+    PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) for combinations of values that cannot work."""
+
+    def ineffective(self) -> dict[str, str]:
+        """``{"model.field": why}`` for fields that cannot take effect with the other values
+        (e.g. routing iterations with one parent capsule); setting one of them is refused."""
+        return {}
 
 
 @dataclass
@@ -21,17 +52,19 @@ class TrainConfig:
     family: str = "capsnet"
     data: str = "fashion-mnist"
     data_dir: str | None = None
-    seed: int = 0
-    batch_size: int = 100
-    steps: int | None = None          # total optimisation steps; wins over epochs
-    epochs: float | None = None       # used when steps is None (default 1 epoch)
-    minutes: float | None = None      # wall-clock budget (training + evaluation); with neither
-                                      # steps nor epochs, train until it is spent
-    log_every: int = 20               # steps between metrics.jsonl / TensorBoard rows
-    eval_every: int = 0               # steps between test evaluations; 0 = once per epoch
-    eval_limit: int | None = None     # evaluate on the first N test images (None = all)
-    checkpoint_every: int = 100       # steps between atomic 'last' checkpoints
-    threads: int | None = None        # torch intra-op threads (None = torch default)
+    seed: int = opt(0, min=0)
+    batch_size: int = opt(100, min=1)
+    steps: int | None = opt(None, min=1)          # total optimisation steps; wins over epochs
+    epochs: float | None = opt(None, gt=0)        # used when steps is None (default 1 epoch)
+    minutes: float | None = opt(None, gt=0)       # wall-clock budget (training + evaluation); with
+                                                  # neither steps nor epochs, train until it is spent
+    log_every: int = opt(20, min=1)               # steps between metrics.jsonl / TensorBoard rows
+    eval_every: int = opt(0, min=0)               # steps between test evaluations; 0 = once per epoch
+    eval_limit: int | None = opt(None, min=1)     # evaluate on the first N test images (None = all)
+    checkpoint_every: int = opt(100, min=1)       # steps between atomic 'last' checkpoints
+    threads: int | None = opt(None, min=1)        # torch intra-op threads (None = torch default)
+    precision: str = opt("fp32", choices=("fp32", "bf16"))   # bf16: autocast around train_step
+    world_size: int = opt(1, min=1)               # processes (torchrun); a resume must use as many
 
 
 def _parse_value(raw: str, annotation: Any, key: str) -> Any:
@@ -88,6 +121,59 @@ def apply_overrides(configs: dict[str, Any], pairs: list[str]) -> None:
         setattr(cfg, name, _parse_value(raw.strip(), hints[name], key))
 
 
+def _type_ok(value: Any, ann: str) -> bool:
+    """Does ``value`` fit the annotation string ``ann`` (``int``, ``float | None``, ``tuple[int, ...]``…)?"""
+    options = [a.strip() for a in ann.split("|")]
+    for a in options:
+        if a == "None" and value is None:
+            return True
+        if a == "bool" and isinstance(value, bool):
+            return True
+        if a == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if a == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return math.isfinite(value)
+        if a == "str" and isinstance(value, str):
+            return True
+        if a.startswith("tuple[") and isinstance(value, (tuple, list)):
+            inner = a[len("tuple["):].split(",")[0].strip()
+            return all(_type_ok(v, inner) for v in value)
+    return False
+
+
+def check_config(cfg: Any, section: str = "") -> None:
+    """Refuse a value of the wrong type or outside its field's range (one line per problem found).
+
+    Runs before any file is written, on configs from the command line and from config.json alike.
+    """
+    hints = get_type_hints(type(cfg))
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{section}.{f.name}" if section else f.name
+        h = hints[f.name]
+        ann = h.__name__ if isinstance(h, type) else str(h).replace("typing.", "")
+        if not _type_ok(value, ann):
+            raise ConfigError(f"{key} = {value!r} is not a valid {ann}")
+        if value is None:
+            continue
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        m = f.metadata
+        for v in items:
+            if "choices" in m and v not in m["choices"]:
+                raise ConfigError(f"{key} = {v!r}; choose one of: {', '.join(map(str, m['choices']))}")
+            if "min" in m and v < m["min"]:
+                raise ConfigError(f"{key} = {v!r} must be >= {m['min']:g}")
+            if "max" in m and v > m["max"]:
+                raise ConfigError(f"{key} = {v!r} must be <= {m['max']:g}")
+            if "gt" in m and not v > m["gt"]:
+                raise ConfigError(f"{key} = {v!r} must be > {m['gt']:g}")
+    if isinstance(cfg, FamilyConfig):
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            raise ConfigError(f"{section + ': ' if section else ''}{exc}") from None
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -96,6 +182,8 @@ def from_dict(cls: type, data: dict) -> Any:
     """Rebuild a dataclass from JSON, turning lists back into tuples where the type says so."""
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a JSON object for {cls.__name__}, got {type(data).__name__}")
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config has unknown keys {sorted(unknown)} for {cls.__name__}; "
@@ -105,7 +193,9 @@ def from_dict(cls: type, data: dict) -> Any:
         if isinstance(v, list) and str(hints[k]).startswith("tuple"):
             v = tuple(v)
         kwargs[k] = v
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    check_config(cfg)
+    return cfg
 
 
 def dumps(obj: Any) -> str:
