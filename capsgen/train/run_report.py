@@ -78,6 +78,6 @@ def write_run_report(run: RunDir, final: dict) -> Path:
             step = png.stem.removeprefix("step_").lstrip("0") or "0"
             lines += _figure(f"step {step}", f"figures/samples/{png.name}")
     lines += ["", "## Configuration", "", "```json", json.dumps(cfg, indent=2, sort_keys=True), "```", ""]
-    path = run.path / "report.md"
+    path = run.report_path
     atomic_write_text(path, "\n".join(lines))
     return path
