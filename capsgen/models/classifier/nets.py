@@ -14,25 +14,11 @@ the Inception Score and the class histogram.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class ClassifierConfig:
-    channels: tuple[int, ...] = (32, 64, 128)   # one 3x3 conv (padding 1) per entry
-    pool_after: tuple[int, ...] = (0, 1)        # 2x2 max-pool after these convs (0-based)
-    hidden: int = 256                           # penultimate width = feature dimension
-    dropout: float = 0.3
-    lr: float = 2e-3
-    lr_decay: float = 0.6             # multiply the learning rate by this every epoch
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    shift_pixels: int = 0             # random translation by up to this many pixels (augmentation)
-    hflip: bool = False               # random horizontal flips (fine for clothes, wrong for digits)
+from capsgen.models.classifier.config import ClassifierConfig
 
 
 class Classifier(nn.Module):
@@ -80,15 +66,3 @@ class Classifier(nn.Module):
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities p(y|x) [B, K]."""
         return F.softmax(self(x), dim=1)
-
-
-def augment(x: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random shifts / horizontal flips of a batch [B, C, H, W], drawn from ``generator`` only."""
-    if cfg.shift_pixels > 0:
-        from capsgen.models.capsnet import random_shift
-
-        x = random_shift(x, cfg.shift_pixels, generator)
-    if cfg.hflip:
-        flip = torch.rand(len(x), generator=generator) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x

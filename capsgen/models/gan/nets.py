@@ -84,7 +84,7 @@ class DCGANGenerator(nn.Module):
 
 
 class KarmakarGenerator(nn.Module):
-    """The generator of Karmakar (paper 000): five 3x3 conv layers, LeakyReLU, no batch norm.
+    """The generator of Karmakar (Karmakar): five 3x3 conv layers, LeakyReLU, no batch norm.
 
     z [B, latent_dim] -> Linear -> [channels[0], H / 2^n, W / 2^n] -> conv 3x3 layers with
     ``channels`` outputs (paper: 128, 64, 32, 3) and a last one with C outputs (paper: 1),
@@ -126,7 +126,7 @@ class DCGANDiscriminator(nn.Module):
 
     n strided 4x4 convolutions (stride 2) doubling the channels from ``width``, LeakyReLU(0.2),
     batch norm on all but the first (Radford et al.); ``extra_layers`` 3x3 stride-1 conv layers
-    (to build the 5-conv-layer discriminator of paper 000 for 28x28: 2 strided + 2 extra + 1);
+    (to build the 5-conv-layer discriminator of Karmakar for 28x28: 2 strided + 2 extra + 1);
     a last convolution over the whole remaining map gives one logit.
     """
 
@@ -165,11 +165,11 @@ class CapsuleDiscriminator(nn.Module):
     (``primary_caps`` types x ``primary_dim``-D, ``primary_kernel``, ``primary_stride``)
     -> ``out_caps`` capsules of ``out_dim`` dimensions by dynamic routing, then
 
-    - ``head="dense"`` (Karmakar, paper 000): flatten [B, out_caps * out_dim] -> dense
+    - ``head="dense"`` (Karmakar): flatten [B, out_caps * out_dim] -> dense
       ``dense`` + LeakyReLU -> dense 1 = logit (the paper's sigmoid lives in the loss, for
       numerical stability). Paper size: conv 256 9x9 + PReLU, primary 32 x 8-D 7x7 stride 2
       (a 7x7 grid on 28x28 input), 10 x 16-D capsules, dense 64.
-    - ``head="length"`` (Jaiswal et al., paper 001): the output is the capsule lengths
+    - ``head="length"`` (Jaiswal et al. 2018): the output is the capsule lengths
       [B, out_caps]. With out_caps = 1 the length is P(real). Routing to a single parent is a
       no-op: the softmax over one parent makes every coupling coefficient 1, so the output is
       the squashed plain sum of the votes whatever the number of iterations (the layer then

@@ -7,35 +7,12 @@ reconstruction error. Works for any (C, H, W) input, e.g. 28x28x1 and 32x32x3.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from capsgen.models.capsnet.config import CapsNetConfig
 from capsgen.nn import DenseCapsules, PrimaryCapsules, margin_loss, safe_norm
-
-
-@dataclass
-class CapsNetConfig:
-    conv_channels: int = 256
-    conv_kernel: int = 9
-    primary_capsules: int = 32
-    primary_dim: int = 8
-    primary_kernel: int = 9
-    primary_stride: int = 2
-    class_dim: int = 16
-    routing_iterations: int = 3
-    grad_through_routing: bool = True
-    squash: str = "sabour"
-    decoder_hidden: tuple[int, ...] = (512, 1024)
-    recon_weight: float = 0.0005
-    m_pos: float = 0.9
-    m_neg: float = 0.1
-    lam: float = 0.5
-    shift_pixels: int = 2
-    lr: float = 1e-3
-    lr_decay: float = 1.0             # multiply the learning rate by this every epoch
 
 
 class CapsNet(nn.Module):
@@ -74,19 +51,6 @@ class CapsNet(nn.Module):
         """Reconstruct images [B, C, H, W] from poses [B, K, D] keeping only class ``mask`` [B]."""
         keep = F.one_hot(mask, self.num_classes).to(poses.dtype).unsqueeze(-1)
         return self.decoder((poses * keep).flatten(1)).view(-1, *self.shape)
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image [B, C, H, W] by up to ``max_shift`` pixels per axis, zero-filled."""
-    if max_shift <= 0:
-        return x
-    B, C, H, W = x.shape
-    d = torch.randint(-max_shift, max_shift + 1, (2, B), generator=generator)
-    padded = F.pad(x, (max_shift,) * 4)
-    rows = (torch.arange(H) + max_shift - d[0][:, None])[:, :, None]   # [B, H, 1]
-    cols = (torch.arange(W) + max_shift - d[1][:, None])[:, None, :]   # [B, 1, W]
-    b = torch.arange(B)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def capsnet_loss(model: CapsNet, x: torch.Tensor, y: torch.Tensor):

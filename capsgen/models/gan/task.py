@@ -4,7 +4,7 @@ One ``train_step`` gets one batch of B real images from the generic loop and, by
 
 - ``joint`` (default): n_dis discriminator updates (the B real images split over them, each
   update seeing as many fakes as reals), then one generator update on B fakes;
-- ``alternate`` (paper 000): a step is *either* a discriminator update (B real + B fake in one
+- ``alternate`` (Karmakar): a step is *either* a discriminator update (B real + B fake in one
   batch, e.g. 16 + 16 = 32) *or* a generator update (B fakes), in the cycle
   n_dis x D, 1 x G; the real images of a G step are not used.
 
@@ -18,131 +18,22 @@ bundles of ``--set`` values applied before the user's own ``--set`` (see ``PRESE
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from capsgen.data.batch import Batch
 from capsgen.errors import ConfigError
-from capsgen.models.gan_losses import objective, p_real
-from capsgen.models.gan_nets import (CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator,
-                                     KarmakarGenerator)
+from capsgen.models.gan.config import GENERATORS, GANConfig
+from capsgen.models.gan.losses import objective, p_real
+from capsgen.models.gan.nets import CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator, KarmakarGenerator
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
+from capsgen.train.capabilities import Discriminating, Generative
+from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
-
-GENERATORS = ("dcgan", "karmakar")
-SCHEDULES = ("joint", "alternate")
-
-# Paper-size CapsNet discriminators (the CPU defaults below are much smaller).
-_KARMAKAR_D = ("model.discriminator=caps-dense", "model.d_conv_channels=256", "model.d_conv_kernel=9",
-               "model.d_conv_act=prelu", "model.d_primary_caps=32", "model.d_primary_dim=8",
-               "model.d_primary_kernel=7", "model.d_primary_stride=2", "model.d_caps=10",
-               "model.d_caps_dim=16", "model.d_dense=64")
-_JAISWAL_D = ("model.d_conv_channels=256", "model.d_conv_kernel=9", "model.d_conv_act=relu",
-              "model.d_primary_caps=32", "model.d_primary_dim=8", "model.d_primary_kernel=9",
-              "model.d_primary_stride=2", "model.d_caps_dim=16", "model.d_routing=3")
-# Adam(2e-4, beta1 = 0.5) for both networks (paper 000 gives 2e-4; 001 gives no rates).
-_PAPER_OPT = ("model.lr=2e-4", "model.lr_d=none", "model.beta1=0.5", "model.beta2=0.999")
-# Paper 000: 16 real + 16 generated per batch, D and G batches alternate, BCE.
-_KARMAKAR_TRAIN = ("model.generator=karmakar", "model.g_channels=128,64,32,3", "model.objective=bce",
-                   "model.schedule=alternate", "model.n_dis=1", *_PAPER_OPT, "train.batch_size=16")
-_DCGAN_G = ("model.generator=dcgan", "model.g_width=64", "model.g_norm=batch", "model.schedule=joint",
-            "model.n_dis=1", *_PAPER_OPT)
-
-
-@dataclass
-class GANConfig:
-    """Settings shared by the GAN families. Defaults are small enough to train on a CPU."""
-
-    preset: str = ""                  # the preset these values came from (informational)
-    latent_dim: int = 100             # z ~ N(0, I)
-    # generator: "dcgan" (Radford et al.) or "karmakar" (paper 000: 5 conv 3x3, LeakyReLU, no BN)
-    generator: str = "dcgan"
-    g_width: int = 32                 # dcgan: channels before the output layer (paper DCGAN: 64)
-    g_norm: str = "batch"             # dcgan: batch | none
-    g_channels: tuple[int, ...] = (128, 64, 32, 3)   # karmakar: conv widths before the C-channel layer
-    # discriminator: "conv" (DCGAN), "caps-dense" (paper 000), "caps1" (paper 001, one capsule),
-    # "caps2" (two capsules, real and fake)
-    discriminator: str = "conv"
-    d_width: int = 32                 # conv: channels of the first layer (paper DCGAN: 64)
-    d_norm: str = "batch"             # conv: batch | none
-    d_extra_layers: int = 0           # conv: extra 3x3 stride-1 layers
-    d_conv_channels: int = 64         # capsule discriminators (paper: 256)
-    d_conv_kernel: int = 9
-    d_conv_act: str = "relu"          # relu | prelu | leaky
-    d_primary_caps: int = 8           # paper: 32
-    d_primary_dim: int = 8
-    d_primary_kernel: int = 9
-    d_primary_stride: int = 2
-    d_caps: int = 10                  # caps-dense: number of routed capsules
-    d_caps_dim: int = 16
-    d_routing: int = 3
-    d_grad_through_routing: bool = True
-    d_caps_init_std: float = 0.01     # std of the capsule transforms W_ij (Sabour: 0.01)
-    d_dense: int = 64                 # caps-dense: hidden dense layer
-    objective: str = "bce"            # bce | margin | lsgan
-    m_pos: float = 0.9
-    m_neg: float = 0.1
-    lam: float = 0.5
-    lr: float = 2e-4                  # Adam learning rate of the generator (and of D unless lr_d)
-    lr_d: float | None = None         # discriminator learning rate; None = lr
-    beta1: float = 0.5
-    beta2: float = 0.999
-    n_dis: int = 1                    # discriminator updates per generator update
-    schedule: str = "joint"           # joint | alternate
-    ema: float = 0.0                  # decay of an EMA copy of the generator; 0 = off
-    sample_every: int = 100           # steps between fixed-noise grids in figures/samples/; 0 = off
-    n_fixed: int = 64                 # images in a fixed-noise grid
-    fixed_seed: int = 1234            # seed of the fixed noise (the same for every run, to compare)
-    eval_n: int = 1000                # test images (and as many fakes) for evaluate()
-    explode_limit: float = 1e4        # stop when a loss exceeds this; 0 = only NaN / inf stop
-
-    DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("conv", "caps-dense", "caps1", "caps2")
-    PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {}
-
-
-@dataclass
-class DCGANConfig(GANConfig):
-    """``dcgan``: convolutional discriminator, BCE."""
-
-    DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("conv",)
-    PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
-        # The baseline of paper 000: its generator vs a 5-conv-layer LeakyReLU discriminator.
-        "karmakar": ("model.preset=karmakar", *_KARMAKAR_TRAIN, "model.d_width=64",
-                     "model.d_norm=none", "model.d_extra_layers=2"),
-        # The convolutional GAN of paper 001: DCGAN generator and discriminator, BCE.
-        "jaiswal": ("model.preset=jaiswal", *_DCGAN_G, "model.d_width=64", "model.d_norm=batch",
-                    "model.objective=bce"),
-    }
-
-
-@dataclass
-class CapsuleGANConfig(GANConfig):
-    """``capsulegan``: CapsNet discriminator; by default one capsule and the margin objective.
-
-    The CPU default gives the discriminator a 10x smaller learning rate: on mnist-5k (batch 64)
-    with equal rates the capsule discriminator reached 100% accuracy within 100 steps and the
-    generator collapsed to noise, stripes or blank images (margin and BCE losses with the DCGAN
-    generator, margin loss with the paper-000 generator); with lr_d = 2e-5 it drew digit-like
-    shapes after 300 steps. The paper presets keep one rate for both, as the papers do.
-    """
-
-    discriminator: str = "caps1"
-    objective: str = "margin"
-    lr_d: float | None = 2e-5
-
-    DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("caps-dense", "caps1", "caps2")
-    PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "karmakar": ("model.preset=karmakar", *_KARMAKAR_TRAIN, *_KARMAKAR_D),
-        "jaiswal": ("model.preset=jaiswal", *_DCGAN_G, "model.discriminator=caps1", *_JAISWAL_D,
-                    "model.objective=margin"),
-        "jaiswal-2caps": ("model.preset=jaiswal-2caps", *_DCGAN_G, "model.discriminator=caps2",
-                          *_JAISWAL_D, "model.objective=margin"),
-    }
-
 
 def build_generator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn.Module:
     if cfg.generator == "dcgan":
@@ -153,9 +44,7 @@ def build_generator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn.Mod
 
 
 def build_discriminator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn.Module:
-    if cfg.discriminator not in type(cfg).DISCRIMINATORS:
-        raise ValueError(f"discriminator {cfg.discriminator!r} is not one of this family's: "
-                         f"{', '.join(type(cfg).DISCRIMINATORS)}")
+    cfg.validate()
     if cfg.discriminator == "conv":
         return DCGANDiscriminator(shape, cfg.d_width, cfg.d_norm, cfg.d_extra_layers)
     head, out_caps = {"caps-dense": ("dense", cfg.d_caps), "caps1": ("length", 1),
@@ -183,26 +72,23 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return w0[..., None] * z0[:, None, :] + w1[..., None] * z1[:, None, :]
 
 
-class GANTask(Task):
+class GANTask(Task, Generative, Discriminating):
     """Generator vs discriminator. Modules: generator, discriminator (and generator_ema)."""
 
     best_metric = ""   # no single figure says which GAN checkpoint is best; keep 'last'
 
-    def __init__(self, config: GANConfig, info: DataInfo, device: torch.device):
-        super().__init__(config, info, device)
+    def __init__(self, config: GANConfig, info: DataInfo, device: torch.device,
+                 dist: Distributed = SINGLE):
+        super().__init__(config, info, device, dist)
         cfg = config
-        if cfg.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-        for name in ("latent_dim", "n_dis", "n_fixed", "eval_n"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-        if not 0.0 <= cfg.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")
-        if cfg.sample_every < 0:
-            raise ValueError(f"sample_every must be >= 0, got {cfg.sample_every}")
         self.view, self.d_loss, self.g_loss = objective(cfg.objective, cfg.m_pos, cfg.m_neg, cfg.lam)
-        self.G = build_generator(cfg, info.shape).to(device)
-        self.D = build_discriminator(cfg, info.shape).to(device)
+        self.G = build_generator(cfg, info.shape).to(self.device)
+        self.D = build_discriminator(cfg, info.shape).to(self.device)
+        if dist.active and self.device.type == "cuda":
+            # batch statistics over the global batch; gloo (CPU) has no SyncBatchNorm kernel, so on
+            # the CPU each process normalises over its own slice (see capsgen.train.distributed)
+            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+            self.D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.D)
         self.modules = {"generator": self.G, "discriminator": self.D}
         betas = (cfg.beta1, cfg.beta2)
         self.optimizers = {"generator": torch.optim.Adam(self.G.parameters(), cfg.lr, betas),
@@ -217,19 +103,18 @@ class GANTask(Task):
 
     # ------------------------------------------------------------------------------ training
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """z [n, latent_dim] ~ N(0, I) drawn from ``generator``."""
-        return torch.randn(n, self.config.latent_dim, generator=generator).to(self.device)
+        """z [n, latent_dim] ~ N(0, I) drawn from ``generator``.
+
+        Under torchrun every process draws the latents of all processes and keeps its own n, so
+        the processes together use the draws a one-process run of the global batch would.
+        """
+        w, r = self.dist.world_size, self.dist.rank
+        z = torch.randn(n * w, self.config.latent_dim, generator=generator)
+        return z[r * n:(r + 1) * n].to(self.device)
 
     def _update(self, name: str, loss: torch.Tensor) -> float:
         """Backward + optimizer step; skipped (weights kept) if the loss or gradient is not finite."""
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in self.modules[name].parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads).item()
-        if math.isfinite(norm) and math.isfinite(loss.item()):
-            opt.step()
-        return norm
+        return self.optimizer_step(name, loss, skip_nonfinite=True)
 
     def d_step(self, real: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         """One discriminator update on real [n, C, H, W] in [-1, 1] and n fresh fakes."""
@@ -238,7 +123,7 @@ class GANTask(Task):
             fake = self.G(self.noise(n, generator))
         # Two forwards, not one mixed batch: with batch norm a mixed batch gives other statistics
         # than the all-fake batch of the G step, and D then tells G nothing useful. Without batch
-        # norm (the paper-000 networks) this is the same as its 16 + 16 mixed batch.
+        # norm (Karmakar's networks) this is the same as its 16 + 16 mixed batch.
         out_r, out_f = self.D(real), self.D(fake)
         kind = self.D.kind
         loss = self.d_loss(self.view(out_r, kind), self.view(out_f, kind))
@@ -262,10 +147,9 @@ class GANTask(Task):
             self.G_ema.update_parameters(self.G)
         return {"g_loss": loss.item(), "g_grad_norm": norm}
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None,
-                   ctx: StepContext) -> dict[str, float]:
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         cfg = self.config
-        x = images.to(self.device) * 2 - 1
+        x = batch.images * 2 - 1
         if cfg.schedule == "alternate":
             if ctx.step % (cfg.n_dis + 1) < cfg.n_dis:
                 return self.d_step(x, ctx.generator)
@@ -333,8 +217,9 @@ class GANTask(Task):
         outs = [self.D(images[k:k + batch].to(self.device) * 2 - 1).cpu() for k in range(0, len(images), batch)]
         return p_real(torch.cat(outs), self.D.kind)
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
+    def evaluate(self, batch: Batch) -> dict[str, float]:
         """D accuracy (threshold 1/2) on real test images vs as many fresh fakes of G."""
+        images = batch.images
         n = min(len(images), self.config.eval_n)
         g = torch.Generator().manual_seed(self.config.fixed_seed + 1)  # never the global RNG
         with torch.no_grad():
@@ -348,11 +233,11 @@ class GANTask(Task):
         return {"d_acc": (acc_r + acc_f) / 2, "d_acc_real": acc_r, "d_acc_fake": acc_f,
                 "d_real": pr.mean().item(), "d_fake": pf.mean().item(), "n": n}
 
-    def write_figures(self, out_dir: Path, images: torch.Tensor,
-                      labels: torch.Tensor | None) -> list[Path]:
+    def write_figures(self, out_dir: Path, batch: Batch) -> list[Path]:
         """samples.png (fixed noise), real.png, interpolation.png, gan_curves.png (from metrics)."""
         from capsgen.train.rundir import RunDir
 
+        images = batch.images
         out_dir = Path(out_dir)
         ncol = math.ceil(math.sqrt(self.config.n_fixed))
         paths = [save_image_grid(self.generate(self.fixed_noise), out_dir / "samples.png", ncol=ncol, scale=2),

@@ -5,38 +5,42 @@ from pathlib import Path
 
 import torch
 
-from capsgen.models.capsnet import CapsNet, CapsNetConfig, capsnet_loss, random_shift
+from capsgen.data.batch import Batch
+from capsgen.models.capsnet.config import CapsNetConfig
+from capsgen.models.capsnet.nets import CapsNet, capsnet_loss
+from capsgen.models.common import random_shift, require_labels, set_step_lr
 from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
+from capsgen.train.capabilities import Classifying
+from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
 
-class CapsNetTask(Task):
+class CapsNetTask(Task, Classifying):
     best_metric, best_mode = "test_error", "min"
 
-    def __init__(self, config: CapsNetConfig, info: DataInfo, device: torch.device):
-        super().__init__(config, info, device)
-        if not info.num_classes:
-            raise ValueError(f"capsnet needs class labels; dataset {info.name} has none")
-        self.model = CapsNet(config, info.shape, info.num_classes).to(device)
+    def __init__(self, config: CapsNetConfig, info: DataInfo, device: torch.device,
+                 dist: Distributed = SINGLE):
+        super().__init__(config, info, device, dist)
+        k = require_labels(info, "capsnet")
+        self.model = CapsNet(config, info.shape, k).to(self.device)
         self.modules = {"model": self.model}
         self.optimizers = {"model": torch.optim.Adam(self.model.parameters(), lr=config.lr)}
 
-    def train_step(self, images, labels, ctx: StepContext) -> dict[str, float]:
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         cfg = self.config
-        opt = self.optimizers["model"]
-        # The learning rate is a function of the step, so resuming needs no scheduler state.
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * cfg.lr_decay ** (ctx.step // ctx.steps_per_epoch)
-        x = random_shift(images, cfg.shift_pixels, ctx.generator).to(self.device)
-        y = labels.to(self.device)
-        opt.zero_grad(set_to_none=True)
+        set_step_lr(self.optimizers["model"], cfg.lr, cfg.lr_decay, ctx)
+        x = random_shift(batch.images, cfg.shift_pixels, ctx.generator, ctx)
+        y = batch.labels
         loss, parts = capsnet_loss(self.model, x, y)
-        loss.backward()
-        opt.step()
+        self.optimizer_step("model", loss)
         acc = (parts["lengths"].argmax(1) == y).float().mean()
         return {"loss": loss.item(), "margin": parts["margin"].item(),
                 "recon_sse": parts["recon_sse"].item(), "accuracy": acc.item()}
+
+    def class_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class-capsule lengths [B, K] (differentiable w.r.t. the images)."""
+        return safe_norm(self.model(images))
 
     def predict(self, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-capsule poses [N, K, D] and lengths [N, K] for images [N, C, H, W]."""
@@ -44,7 +48,8 @@ class CapsNetTask(Task):
                            for k in range(0, len(images), batch)])
         return poses, safe_norm(poses)
 
-    def evaluate(self, images, labels) -> dict[str, float]:
+    def evaluate(self, batch: Batch) -> dict[str, float]:
+        images, labels = batch.images, batch.labels
         poses, lengths = self.predict(images)
         pred = lengths.argmax(1)
         out = {"test_error": (pred != labels).float().mean().item(), "n": len(labels)}
@@ -52,7 +57,8 @@ class CapsNetTask(Task):
         out["recon_sse"] = (recon - images[:500]).pow(2).flatten(1).sum(1).mean().item()
         return out
 
-    def write_figures(self, out_dir: Path, images, labels) -> list[Path]:
+    def write_figures(self, out_dir: Path, batch: Batch) -> list[Path]:
+        images, labels = batch.images, batch.labels
         out_dir = Path(out_dir)
         was_training = self.model.training
         self.model.eval()

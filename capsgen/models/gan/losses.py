@@ -14,7 +14,7 @@ Objectives (the D loss is a sum of the real and fake terms, each a batch mean, a
 Goodfellow et al. and eq. 3 of Jaiswal et al. are sums of two expectations):
 
 - ``bce``: D minimises -E log D(x) - E log(1 - D(G(z))); G minimises the non-saturating
-  -E log D(G(z)) (Goodfellow et al.'s practical variant; paper 000 figure 7 writes the
+  -E log D(G(z)) (Goodfellow et al.'s practical variant; Karmakar's figure 7 writes the
   saturating form).
 - ``margin`` (Jaiswal et al. eq. 3): D minimises L_M(D(x), T=1) + L_M(D(G(z)), T=0); G minimises
   L_M(D(G(z)), T=1), which drops the down-weighting factor lambda from the generator's loss.

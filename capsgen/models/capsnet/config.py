@@ -1,0 +1,28 @@
+"""CapsNet settings (Sabour et al. 2017 defaults)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capsgen.config import FamilyConfig, opt
+
+
+@dataclass
+class CapsNetConfig(FamilyConfig):
+    conv_channels: int = opt(256, min=1)
+    conv_kernel: int = opt(9, min=1)
+    primary_capsules: int = opt(32, min=1)
+    primary_dim: int = opt(8, min=1)
+    primary_kernel: int = opt(9, min=1)
+    primary_stride: int = opt(2, min=1)
+    class_dim: int = opt(16, min=1)
+    routing_iterations: int = opt(3, min=1)
+    grad_through_routing: bool = True
+    squash: str = opt("sabour", choices=("sabour", "exp"))
+    decoder_hidden: tuple[int, ...] = opt((512, 1024), min=1)
+    recon_weight: float = opt(0.0005, min=0)
+    m_pos: float = opt(0.9, min=0, max=1)
+    m_neg: float = opt(0.1, min=0, max=1)
+    lam: float = opt(0.5, min=0)
+    shift_pixels: int = opt(2, min=0)
+    lr: float = opt(1e-3, gt=0)
+    lr_decay: float = opt(1.0, gt=0, max=1)   # multiply the learning rate by this every epoch

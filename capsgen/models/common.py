@@ -1,0 +1,69 @@
+"""Pieces several families share: augmentation drawn per global batch, label checks, lr decay,
+and batched scoring. Written once here so every family does them the same way."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from capsgen.train.task import DataInfo, StepContext
+
+
+def require_labels(info: DataInfo, family: str) -> int:
+    """The number of classes, or a ValueError naming the dataset (the CLI shows it as one line)."""
+    if not info.num_classes:
+        raise ValueError(f"{family} needs class labels; dataset {info.name} has none")
+    return info.num_classes
+
+
+def set_step_lr(opt: torch.optim.Optimizer, base_lr: float, decay: float, ctx: StepContext) -> None:
+    """lr = base_lr x decay^epoch. A function of the step, so resuming needs no scheduler state."""
+    for group in opt.param_groups:
+        group["lr"] = base_lr * decay ** (ctx.step // ctx.steps_per_epoch)
+
+
+def _rows(ctx: StepContext | None, n: int) -> tuple[int, slice]:
+    """How many examples to draw randomness for, and which of them are this process's."""
+    if ctx is None or not ctx.global_batch:
+        return n, slice(None)
+    return ctx.global_batch, ctx.rank_slice
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator,
+                 ctx: StepContext | None = None) -> torch.Tensor:
+    """Shift each image [B, C, H, W] by up to ``max_shift`` pixels per axis, zero-filled.
+
+    The shifts are drawn for the whole global batch of ``ctx`` and sliced to this process's rows,
+    so a multi-process run augments every example exactly as a one-process run does.
+    """
+    if max_shift <= 0:
+        return x
+    B, C, H, W = x.shape
+    total, rows = _rows(ctx, B)
+    d = torch.randint(-max_shift, max_shift + 1, (2, total), generator=generator)[:, rows].to(x.device)
+    padded = F.pad(x, (max_shift,) * 4)
+    ar_h, ar_w = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    r = (ar_h + max_shift - d[0][:, None])[:, :, None]   # [B, H, 1]
+    c = (ar_w + max_shift - d[1][:, None])[:, None, :]   # [B, 1, W]
+    b = torch.arange(B, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[b, r, c].permute(0, 3, 1, 2).contiguous()
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator, ctx: StepContext | None = None) -> torch.Tensor:
+    """Flip each image [B, C, H, W] left-right with probability 1/2 (drawn per global batch)."""
+    total, rows = _rows(ctx, len(x))
+    flip = (torch.rand(total, generator=generator) < 0.5)[rows].to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, device: torch.device,
+            batch: int = 500) -> torch.Tensor:
+    """fn over images [N, ...] in chunks of ``batch`` on ``device``; results concatenated on the CPU."""
+    return torch.cat([fn(images[k:k + batch].to(device)).float().cpu() for k in range(0, len(images), batch)])
+
+
+def classification_figures(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """test_error and n from class scores [N, K] and labels [N]."""
+    return {"test_error": (scores.argmax(1) != labels).float().mean().item(), "n": len(labels)}

@@ -1,0 +1,140 @@
+"""Settings of the GAN families (``dcgan``, ``capsulegan``) and their paper presets.
+
+Presets name the papers by first author: ``karmakar`` (Karmakar's CapsuleGAN with a BCE CapsNet
+discriminator and its DCGAN baseline) and ``jaiswal`` (Jaiswal et al. 2018, margin loss).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from capsgen.config import FamilyConfig, opt
+
+GENERATORS = ("dcgan", "karmakar")
+SCHEDULES = ("joint", "alternate")
+DISCRIMINATORS = ("conv", "caps-dense", "caps1", "caps2")
+OBJECTIVES = ("bce", "margin", "lsgan")
+
+# Paper-size CapsNet discriminators (the CPU defaults below are much smaller).
+_KARMAKAR_D = ("model.discriminator=caps-dense", "model.d_conv_channels=256", "model.d_conv_kernel=9",
+               "model.d_conv_act=prelu", "model.d_primary_caps=32", "model.d_primary_dim=8",
+               "model.d_primary_kernel=7", "model.d_primary_stride=2", "model.d_caps=10",
+               "model.d_caps_dim=16", "model.d_dense=64")
+_JAISWAL_D = ("model.d_conv_channels=256", "model.d_conv_kernel=9", "model.d_conv_act=relu",
+              "model.d_primary_caps=32", "model.d_primary_dim=8", "model.d_primary_kernel=9",
+              "model.d_primary_stride=2", "model.d_caps_dim=16", "model.d_routing=3")
+# Adam(2e-4, beta1 = 0.5) for both networks (Karmakar gives 2e-4; Jaiswal et al. give no rates).
+_PAPER_OPT = ("model.lr=2e-4", "model.lr_d=none", "model.beta1=0.5", "model.beta2=0.999")
+# Karmakar: 16 real + 16 generated per batch, D and G batches alternate, BCE.
+_KARMAKAR_TRAIN = ("model.generator=karmakar", "model.g_channels=128,64,32,3", "model.objective=bce",
+                   "model.schedule=alternate", "model.n_dis=1", *_PAPER_OPT, "train.batch_size=16")
+_DCGAN_G = ("model.generator=dcgan", "model.g_width=64", "model.g_norm=batch", "model.schedule=joint",
+            "model.n_dis=1", *_PAPER_OPT)
+
+
+@dataclass
+class GANConfig(FamilyConfig):
+    """Settings shared by the GAN families. Defaults are small enough to train on a CPU."""
+
+    preset: str = ""                  # the preset these values came from (informational)
+    latent_dim: int = opt(100, min=1)             # z ~ N(0, I)
+    # generator: "dcgan" (Radford et al.) or "karmakar" (Karmakar: 5 conv 3x3, LeakyReLU, no BN)
+    generator: str = opt("dcgan", choices=GENERATORS)
+    g_width: int = opt(32, min=1)                 # dcgan: channels before the output layer (paper DCGAN: 64)
+    g_norm: str = opt("batch", choices=("batch", "none"))             # dcgan: batch | none
+    g_channels: tuple[int, ...] = opt((128, 64, 32, 3), min=1)   # karmakar: conv widths before the C-channel layer
+    # discriminator: "conv" (DCGAN), "caps-dense" (Karmakar), "caps1" (Jaiswal et al. 2018, one capsule),
+    # "caps2" (two capsules, real and fake)
+    discriminator: str = opt("conv", choices=DISCRIMINATORS)
+    d_width: int = opt(32, min=1)                 # conv: channels of the first layer (paper DCGAN: 64)
+    d_norm: str = opt("batch", choices=("batch", "none"))             # conv: batch | none
+    d_extra_layers: int = opt(0, min=0)           # conv: extra 3x3 stride-1 layers
+    d_conv_channels: int = opt(64, min=1)         # capsule discriminators (paper: 256)
+    d_conv_kernel: int = opt(9, min=1)
+    d_conv_act: str = opt("relu", choices=("relu", "prelu", "leaky"))          # relu | prelu | leaky
+    d_primary_caps: int = opt(8, min=1)           # paper: 32
+    d_primary_dim: int = opt(8, min=1)
+    d_primary_kernel: int = opt(9, min=1)
+    d_primary_stride: int = opt(2, min=1)
+    d_caps: int = opt(10, min=1)                  # caps-dense: number of routed capsules
+    d_caps_dim: int = opt(16, min=1)
+    d_routing: int = opt(3, min=1)
+    d_grad_through_routing: bool = True
+    d_caps_init_std: float = opt(0.01, gt=0)     # std of the capsule transforms W_ij (Sabour: 0.01)
+    d_dense: int = opt(64, min=1)                 # caps-dense: hidden dense layer
+    objective: str = opt("bce", choices=OBJECTIVES)            # bce | margin | lsgan
+    m_pos: float = opt(0.9, min=0, max=1)
+    m_neg: float = opt(0.1, min=0, max=1)
+    lam: float = opt(0.5, min=0)
+    lr: float = opt(2e-4, gt=0)                  # Adam learning rate of the generator (and of D unless lr_d)
+    lr_d: float | None = opt(None, gt=0)         # discriminator learning rate; None = lr
+    beta1: float = opt(0.5, min=0, max=0.9999)
+    beta2: float = opt(0.999, min=0, max=0.9999)
+    n_dis: int = opt(1, min=1)                    # discriminator updates per generator update
+    schedule: str = opt("joint", choices=SCHEDULES)           # joint | alternate
+    ema: float = opt(0.0, min=0, max=0.9999)                  # decay of an EMA copy of the generator; 0 = off
+    sample_every: int = opt(100, min=0)           # steps between fixed-noise grids in figures/samples/; 0 = off
+    n_fixed: int = opt(64, min=1)                 # images in a fixed-noise grid
+    fixed_seed: int = opt(1234, min=0)            # seed of the fixed noise (the same for every run, to compare)
+    eval_n: int = opt(1000, min=1)                # test images (and as many fakes) for evaluate()
+    explode_limit: float = opt(1e4, min=0)        # stop when a loss exceeds this; 0 = only NaN / inf stop
+
+    DISCRIMINATORS: ClassVar[tuple[str, ...]] = DISCRIMINATORS
+
+    def validate(self) -> None:
+        if self.discriminator not in type(self).DISCRIMINATORS:
+            raise ValueError(f"discriminator {self.discriminator!r} is not one of this family's: "
+                             f"{', '.join(type(self).DISCRIMINATORS)}")
+
+    def ineffective(self) -> dict[str, str]:
+        # Only settings that are silently void whatever else is set. Conv-only or capsule-only
+        # fields are not listed: `capsgen reproduce --set` applies one set of overrides to DCGAN
+        # and CapsuleGAN runs alike, and each takes the fields that concern it.
+        if self.discriminator != "caps1":
+            return {}
+        why = ("the one-capsule discriminator has a single parent capsule: the softmax over parents "
+               "makes every coupling 1, so routing iterations change nothing (use "
+               "model.discriminator=caps2 or caps-dense to route)")
+        return {"model.d_routing": why, "model.d_grad_through_routing": why}
+
+
+@dataclass
+class DCGANConfig(GANConfig):
+    """``dcgan``: convolutional discriminator, BCE."""
+
+    DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("conv",)
+    PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
+        # The baseline of Karmakar: its generator vs a 5-conv-layer LeakyReLU discriminator.
+        "karmakar": ("model.preset=karmakar", *_KARMAKAR_TRAIN, "model.d_width=64",
+                     "model.d_norm=none", "model.d_extra_layers=2"),
+        # The convolutional GAN of Jaiswal et al. 2018: DCGAN generator and discriminator, BCE.
+        "jaiswal": ("model.preset=jaiswal", *_DCGAN_G, "model.d_width=64", "model.d_norm=batch",
+                    "model.objective=bce"),
+    }
+
+
+@dataclass
+class CapsuleGANConfig(GANConfig):
+    """``capsulegan``: CapsNet discriminator; by default one capsule and the margin objective.
+
+    The CPU default gives the discriminator a 10x smaller learning rate: on mnist-5k (batch 64)
+    with equal rates the capsule discriminator reached 100% accuracy within 100 steps and the
+    generator collapsed to noise, stripes or blank images (margin and BCE losses with the DCGAN
+    generator, margin loss with Karmakar's generator); with lr_d = 2e-5 it drew digit-like
+    shapes after 300 steps. The paper presets keep one rate for both, as the papers do.
+    """
+
+    discriminator: str = opt("caps1", choices=DISCRIMINATORS)
+    objective: str = opt("margin", choices=OBJECTIVES)
+    lr_d: float | None = opt(2e-5, gt=0)
+
+    DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("caps-dense", "caps1", "caps2")
+    PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "karmakar": ("model.preset=karmakar", *_KARMAKAR_TRAIN, *_KARMAKAR_D),
+        "jaiswal": ("model.preset=jaiswal", *_DCGAN_G, "model.discriminator=caps1", *_JAISWAL_D,
+                    "model.objective=margin"),
+        "jaiswal-2caps": ("model.preset=jaiswal-2caps", *_DCGAN_G, "model.discriminator=caps2",
+                          *_JAISWAL_D, "model.objective=margin"),
+    }
+
+
