@@ -46,19 +46,19 @@ def battle(run_a: str | Path, run_b: str | Path, n: int = 1000, seed: int = 0, t
     in the batch. Returns :func:`capsgen.eval.gam.gam_ratios`' dict plus the four pairings under
     ``pairings``, the runs, counts and ``batch_norm``.
     """
-    from capsgen import runs
     from capsgen.eval.gam import accuracy, gam_ratios
-    from capsgen.gan_cli import open_generative
+    from capsgen.sampling import open_for, require
 
     if n < 1:
         raise CapsgenError(f"--n must be a positive number of samples, got {n}")
     if Path(run_a).resolve() == Path(run_b).resolve():
         raise CapsgenError("a battle needs two different runs; got the same folder twice")
-    (ra, task_a), (rb, task_b) = open_generative(run_a), open_generative(run_b)
-    (_, ta, _), (_, tb, _) = runs.read_run(run_a), runs.read_run(run_b)
-    if ta.data != tb.data or task_a.info.shape != task_b.info.shape:
-        raise CapsgenError(f"{ra.path} was trained on {ta.data} {task_a.info.shape} and {rb.path} on "
-                           f"{tb.data} {task_b.info.shape}; a battle needs two models of the same data")
+    oa, ob = open_for(run_a, "generate"), open_for(run_b, "generate")
+    task_a, task_b = require(oa, "discriminate"), require(ob, "discriminate")
+    ra, rb, ta, tb = oa.run, ob.run, oa.train_config, ob.train_config
+    if ta.data != tb.data or oa.info.shape != ob.info.shape:
+        raise CapsgenError(f"{ra.path} was trained on {ta.data} {oa.info.shape} and {rb.path} on "
+                           f"{tb.data} {ob.info.shape}; a battle needs two models of the same data")
     x_test = _real_test(ta.data, data_dir or ta.data_dir, n, seed)
     g = torch.Generator().manual_seed(seed)
     samples_a = task_a.sample(n, g)
@@ -73,7 +73,10 @@ def battle(run_a: str | Path, run_b: str | Path, n: int = 1000, seed: int = 0, t
     }
     res = gam_ratios(acc["A(D_B(G_A(z)))"], acc["A(D_A(G_B(z)))"], acc["A(D_B(x_test))"],
                      acc["A(D_A(x_test))"], tol=tol)
-    bn = {"A": _batch_norm_layers(task_a.D), "B": _batch_norm_layers(task_b.D)}
+    # the module named "discriminator" by the checkpoint contract, else every module of the task
+    bn = {k: sum(_batch_norm_layers(m) for name, m in t.modules.items()
+                 if name == "discriminator" or "discriminator" not in t.modules)
+          for k, t in (("A", task_a), ("B", task_b))}
     bn_mode = ("eval mode: batch norm uses its running statistics" if any(bn.values())
                else "neither discriminator has batch norm (train and eval mode agree)")
     return {"A": str(ra.path), "B": str(rb.path), "data": ta.data, "n": n, "seed": seed,
@@ -100,7 +103,7 @@ def _unlabelled_images(source: str | Path | np.ndarray, data: str | None, genera
     """(data, data_dir, uint8 [m, H, W, C], kind) from a generative run, a .npz of samples or an array."""
     from capsgen.data.registry import get_spec
     from capsgen.eval.report_metrics import read_samples_npz
-    from capsgen.eval_cli import is_sample_file, generate_images
+    from capsgen.sampling import generate_images, is_sample_file
 
     if isinstance(source, np.ndarray):
         if not data:

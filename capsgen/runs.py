@@ -1,51 +1,106 @@
-"""Starting, resuming and reopening runs: glue between the CLI, data, families and the loop."""
+"""Starting, resuming and reopening runs: glue between data, families and the loop.
+
+Everything is validated before anything is written: configs (types and ranges), the dataset, the
+step plan, the network (built once), the device and, for a resume, the last checkpoint. Only then
+is a run folder created or changed, so a mistake never leaves a half-made folder behind nor
+persists a bad budget into a run's config.json.
+"""
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from capsgen import __version__
-from capsgen.config import TrainConfig, apply_overrides, from_dict, to_dict
+from capsgen.config import TrainConfig, apply_overrides, check_config, from_dict, to_dict
 from capsgen.data import ImageData, load_split
+from capsgen.data.batch import Batch
 from capsgen.errors import CapsgenError, ConfigError
 from capsgen.models import get_family
-from capsgen.report.run_report import write_run_report
-from capsgen.train.checkpoint import atomic_write_text, load_checkpoint
+from capsgen.train.run_report import write_run_report
+from capsgen.train.checkpoint import load_checkpoint, read_checkpoint
+from capsgen.train.device import resolve_device
+from capsgen.train.distributed import SINGLE, Distributed, init_from_env
 from capsgen.train.loop import plan, run_training
 from capsgen.train.rundir import RunDir
 from capsgen.train.task import DataInfo, Task
+
+CHECKPOINTS = ("last", "best")
 
 
 def data_info(train: ImageData) -> DataInfo:
     n, h, w, c = train.images.shape
     k = len(train.class_names) if train.class_names else None
-    return DataInfo(train.name, (c, h, w), k, train.class_names, n)
+    return DataInfo(train.name, (c, h, w), k, train.class_names, n, train.attribute_names)
+
+
+def info_from_config(run: RunDir, raw: dict) -> DataInfo:
+    """The DataInfo a run recorded in config.json (no dataset is read)."""
+    try:
+        d = dict(raw["data"])
+        d["shape"] = tuple(d["shape"])
+        info = DataInfo(**d)
+        if len(info.shape) != 3 or not all(isinstance(v, int) and v > 0 for v in info.shape):
+            raise ValueError(f"shape {info.shape}")
+        if not isinstance(info.train_size, int) or info.train_size < 1:
+            raise ValueError(f"train_size {info.train_size!r}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CapsgenError(f"{run.config_path}: bad data facts ({exc})") from None
+    return info
 
 
 def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData]:
     return (load_split(cfg.data, "train", cfg.data_dir), load_split(cfg.data, "test", cfg.data_dir))
 
 
-def build_task(cfg: TrainConfig, model_cfg: Any, info: DataInfo) -> Task:
+def build_task(cfg: TrainConfig, model_cfg: Any, info: DataInfo, device: torch.device | str = "cpu",
+               dist: Distributed = SINGLE) -> Task:
+    """The family's Task with fresh weights; initialisation depends on the run seed only."""
     family = get_family(cfg.family)
-    torch.manual_seed(cfg.seed)  # weight initialisation depends on the run seed only
-    try:
-        return family.task_cls()(model_cfg, info, torch.device("cpu"))
-    except ValueError as exc:
-        raise ConfigError(f"cannot build {cfg.family} for {info.name}: {exc}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        try:
+            return family.task()(model_cfg, info, torch.device(device), dist)
+        except ValueError as exc:
+            raise ConfigError(f"cannot build {cfg.family} for {info.name}: {exc}") from None
 
 
-def make_configs(family: str, pairs: list[str], **train_fields: Any) -> tuple[TrainConfig, Any]:
-    """TrainConfig + the family's config, with CLI fields and ``--set`` overrides applied."""
+def preset_pairs(family: str, preset: str | None, flags: set[str] = frozenset()) -> list[str]:
+    """The ``--set`` pairs of ``preset`` (dropping train fields the user gave as flags, so they win)."""
+    if not preset:
+        return []
+    presets = get_family(family).config_cls.PRESETS
+    if preset not in presets:
+        have = f"choose one of: {', '.join(sorted(presets))}" if presets else "it has no presets"
+        raise ConfigError(f"unknown preset {preset!r} for {family}; {have}")
+    return [pair for pair in presets[preset] if pair.split("=", 1)[0] not in flags]
+
+
+def make_configs(family: str, pairs: list[str], preset: str | None = None,
+                 **train_fields: Any) -> tuple[TrainConfig, Any]:
+    """TrainConfig + the family's config: preset, then CLI fields and ``--set`` overrides; checked.
+
+    A user's ``--set`` of a field that cannot take effect with the other values (the family's
+    ``ineffective()``) is refused with the reason.
+    """
     fam = get_family(family)
-    tcfg = TrainConfig(family=family, **{k: v for k, v in train_fields.items() if v is not None})
+    given = {k: v for k, v in train_fields.items() if v is not None}
+    tcfg = TrainConfig(family=family, **given)
     mcfg = fam.config_cls()
-    apply_overrides({"train": tcfg, "model": mcfg}, pairs)
+    ppairs = preset_pairs(family, preset, {f"train.{k}" for k in given})
+    apply_overrides({"train": tcfg, "model": mcfg}, ppairs + list(pairs))
+    check_config(tcfg, "train")
+    check_config(mcfg, "model")
+    user_keys = {p.split("=", 1)[0].strip() for p in pairs}
+    for key, why in mcfg.ineffective().items():
+        if key in user_keys or key.split(".", 1)[1] in user_keys:
+            raise ConfigError(f"--set {key} cannot take effect: {why}")
     return tcfg, mcfg
 
 
@@ -54,77 +109,160 @@ def _set_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = True) -> tuple[RunDir, dict]:
-    """Validate everything, then create the run folder and train."""
+def _config_record(tcfg: TrainConfig, mcfg: Any, info: DataInfo) -> dict:
+    return {"capsgen": __version__, "train": to_dict(tcfg), "model": to_dict(mcfg),
+            "data": dataclasses.asdict(info), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = True,
+              device: str | None = "auto") -> tuple[RunDir, dict]:
+    """Validate everything, then create the run folder and train (any process of a torchrun)."""
     run = RunDir(out)
-    run.check_new()
+    dev = resolve_device(device)
+    dist = init_from_env(dev)
+    tcfg = dataclasses.replace(tcfg, world_size=dist.world_size)
+    check_config(tcfg, "train")
+    check_config(mcfg, "model")
+    if dist.is_main:
+        run.check_new()
     _set_threads(tcfg)
     train, test = load_data(tcfg)            # bad data fails here, before any folder exists
     info = data_info(train)
     plan(tcfg, info.train_size)
-    task = build_task(tcfg, mcfg, info)
-    run.create({"capsgen": __version__, "train": to_dict(tcfg), "model": to_dict(mcfg),
-                "data": dataclasses.asdict(info), "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return run, _train(run, task, tcfg, train, test, resume=False, progress=progress)
+    task = build_task(tcfg, mcfg, info, dev, dist)
+    if dist.is_main:
+        existed = run.path.exists()
+        run.create(_config_record(tcfg, mcfg, info))
+    dist.barrier()
+    try:
+        return run, _train(run, task, tcfg, train, test, resume=False, progress=progress)
+    except BaseException:
+        # A run stopped before its first checkpoint is no run: remove what this call made.
+        if dist.is_main and not run.checkpoint("last").exists():
+            run.unlock()
+            if existed:
+                for child in run.path.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def _train(run: RunDir, task: Task, tcfg: TrainConfig, train: ImageData, test: ImageData,
            resume: bool, progress: bool) -> dict:
     try:
-        final = run_training(run, task, tcfg, train.to_tensors(), test.to_tensors(),
-                             resume=resume, progress=progress)
-        x_test, y_test = test.to_tensors()
-        task.write_figures(run.figures, x_test, y_test)
-        write_run_report(run, final)
+        test_batch = test.to_batch()
+        final = run_training(run, task, tcfg, train.to_batch(), test_batch, resume=resume, progress=progress)
+        if task.dist.is_main:
+            task.train_mode(False)
+            with torch.no_grad():
+                task.write_figures(run.figures, test_batch)
+            write_run_report(run, final)
+            run.secure()
         return final
     finally:
         run.unlock()
 
 
 def read_run(path: str | Path) -> tuple[RunDir, TrainConfig, Any]:
+    """A run's folder and configs, checked (types, ranges, known family) — no data, no weights."""
     run = RunDir(path)
     raw = run.read_config()
     try:
         tcfg = from_dict(TrainConfig, raw["train"])
         mcfg = from_dict(get_family(tcfg.family).config_cls, raw["model"])
-    except (KeyError, TypeError) as exc:
-        raise CapsgenError(f"{run.config_path}: incomplete run config ({exc})") from None
+    except KeyError as exc:
+        raise CapsgenError(f"{run.config_path}: incomplete run config (no {exc})") from None
+    except (TypeError, CapsgenError) as exc:
+        raise CapsgenError(f"{run.config_path}: {str(exc).splitlines()[0]}") from None
     return run, tcfg, mcfg
 
 
 def resume(path: str | Path, steps: int | None = None, epochs: float | None = None,
-           progress: bool = True, minutes: float | None = None) -> tuple[RunDir, dict]:
+           progress: bool = True, minutes: float | None = None,
+           device: str | None = "auto") -> tuple[RunDir, dict]:
     """Continue a run from its last checkpoint (optionally with a larger step or time budget).
 
     A new ``steps``/``epochs`` replaces both of the old ones; a new ``minutes`` replaces the old
-    time budget, which counts the run's whole training time, before and after the resume.
+    time budget, which counts the run's whole training time, before and after the resume. The
+    new budget is checked, and so are the data and the last checkpoint, before config.json is
+    rewritten.
     """
-    run, tcfg, mcfg = read_run(path)
-    run.lock()
-    if steps is not None or epochs is not None or minutes is not None:
-        if steps is not None or epochs is not None:
-            tcfg.steps, tcfg.epochs = steps, epochs
-        if minutes is not None:
-            tcfg.minutes = minutes
-        raw = run.read_config()
-        raw["train"] = to_dict(tcfg)
-        atomic_write_text(run.config_path, json.dumps(raw, indent=2, sort_keys=True))
+    run, old, mcfg = read_run(path)
+    dev = resolve_device(device)
+    dist = init_from_env(dev)
+    if dist.world_size != old.world_size:
+        raise CapsgenError(f"{run.path} was trained by {old.world_size} process(es); resume it with as many "
+                           f"(got {dist.world_size}): " + ("capsgen train --resume …" if old.world_size == 1 else
+                                                           f"torchrun --nproc_per_node={old.world_size} -m capsgen "
+                                                           "train --resume …"))
+    tcfg = copy.deepcopy(old)
+    if steps is not None or epochs is not None:
+        tcfg.steps, tcfg.epochs = steps, epochs
+    if minutes is not None:
+        tcfg.minutes = minutes
+    check_config(tcfg, "train")
+    info = info_from_config(run, run.read_config())
+    plan(tcfg, info.train_size)
+    last = run.checkpoint("last")
+    if not last.is_file():
+        raise CapsgenError(f"{run.path}: its last checkpoint ({last}) is missing, so it cannot be resumed; "
+                           "nothing was changed — start a new run with another --out")
+    read_checkpoint(last)                    # a corrupt checkpoint fails here, before any change
     _set_threads(tcfg)
     train, test = load_data(tcfg)
-    task = build_task(tcfg, mcfg, data_info(train))
+    if data_info(train) != info:
+        raise CapsgenError(f"{tcfg.data}: the dataset differs from the one {run.path} was trained on "
+                           f"(recorded {info.shape}, {info.train_size} images); point --data-dir at the same files")
+    task = build_task(tcfg, mcfg, info, dev, dist)
+    if dist.is_main:
+        run.lock()
+        if tcfg != old:
+            raw = run.read_config()
+            raw["train"] = to_dict(tcfg)
+            run.write_config(raw)
+    dist.barrier()
     return run, _train(run, task, tcfg, train, test, resume=True, progress=progress)
 
 
-def open_run(path: str | Path, which: str = "best") -> tuple[RunDir, TrainConfig, Task, ImageData]:
-    """Rebuild a run's task with its ``which`` checkpoint (falls back to 'last'); returns its test data."""
+@dataclass
+class OpenRun:
+    """A trained run, rebuilt from config.json and one checkpoint, in eval mode."""
+
+    run: RunDir
+    train_config: TrainConfig
+    model_config: Any
+    info: DataInfo
+    task: Task
+    checkpoint: Path
+
+    def split(self, name: str = "test", data_dir: str | None = None) -> ImageData:
+        """Read the run's dataset split (only when asked: reopening reads no data)."""
+        return load_split(self.train_config.data, name, data_dir or self.train_config.data_dir)
+
+    def test_batch(self, n: int | None = None, data_dir: str | None = None) -> Batch:
+        batch = self.split("test", data_dir).to_batch()
+        return batch if n is None else batch[:n]
+
+
+def open_run(path: str | Path, which: str = "last", device: str | None = "cpu",
+             fallback: bool = True) -> OpenRun:
+    """Rebuild a run's task with its ``which`` checkpoint ('last' or 'best').
+
+    The DataInfo comes from config.json, so no dataset is read and a run folder copied to another
+    machine opens. A missing 'best' (families that keep only 'last') falls back to 'last' when
+    ``fallback``.
+    """
+    if which not in CHECKPOINTS:
+        raise CapsgenError(f"checkpoint {which!r}: choose one of {', '.join(CHECKPOINTS)}")
     run, tcfg, mcfg = read_run(path)
-    train, test = load_data(tcfg)
-    task = build_task(tcfg, mcfg, data_info(train))
+    info = info_from_config(run, run.read_config())
     ckpt = run.checkpoint(which)
-    if not ckpt.exists():
+    if not ckpt.is_file() and fallback:
         ckpt = run.checkpoint("last")
-    if not ckpt.exists():
-        raise CapsgenError(f"{run.path} has no checkpoint yet; train it first")
+    if not ckpt.is_file():
+        raise CapsgenError(f"{run.path} has no '{which}' checkpoint; train it first")
+    task = build_task(tcfg, mcfg, info, resolve_device(device))
     load_checkpoint(ckpt, task.modules, restore_rng=False)
     task.train_mode(False)
-    return run, tcfg, task, test
+    return OpenRun(run, tcfg, mcfg, info, task, ckpt)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 
 from capsgen.errors import DataError
 
@@ -74,11 +73,13 @@ class ImageData:
         """Number of classes, or None for a dataset without class labels."""
         return None if self.class_names is None else len(self.class_names)
 
-    def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def to_tensors(self) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         """float32 images ``[N, C, H, W]`` in [0, 1] and int64 labels ``[N]`` (or None).
 
         Always copies, so the tensors are writable even when the arrays are read-only.
         """
+        import torch   # here, not at the top: listing datasets (capsgen --help) needs no torch
+
         x = self.images.transpose(0, 3, 1, 2).astype(np.float32, order="C")
         x /= 255.0
         y = None if self.labels is None else torch.from_numpy(self.labels.astype(np.int64, copy=True))
@@ -86,6 +87,8 @@ class ImageData:
 
     def to_batch(self):
         """The whole split as one :class:`~capsgen.data.batch.Batch` (float images, labels, attributes)."""
+        import torch
+
         from capsgen.data.batch import Batch
 
         x, y = self.to_tensors()
@@ -328,6 +331,9 @@ def read_text(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     ``limit`` bytes once decompressed: a gzip bomb is cut off there, having cost ``limit`` bytes."""
     with open_regular(path) as f:
         stream = ByteStream(f, path, gz=True if path.suffix == ".gz" else None)
+        size = os.fstat(f.fileno()).st_size
+        if not stream.gz and size > limit:  # a plain file's size is known: refuse it unread
+            raise data_error(path, f"{what} is larger than the {fmt_bytes(limit)} this reader accepts")
         raw = bytearray()
         if stream.read_into(raw, limit + 1) > limit:
             raise data_error(path, f"{what} is larger than the {fmt_bytes(limit)} this reader accepts"

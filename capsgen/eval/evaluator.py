@@ -198,8 +198,6 @@ def load_evaluator(path: str | os.PathLike, expect_key: str | None = None) -> Ev
     Needs no dataset: the run's config.json records the image shape and classes.
     """
     from capsgen import runs
-    from capsgen.train.checkpoint import load_checkpoint
-    from capsgen.train.task import DataInfo
 
     path = Path(path)
     meta_path = path / META_FILE
@@ -224,13 +222,10 @@ def load_evaluator(path: str | os.PathLike, expect_key: str | None = None) -> Ev
         raise CorruptCache(f"{ckpt}: SHA-256 differs from the one recorded in {META_FILE} "
                            "(truncated or modified)")
     try:
-        run, tcfg, mcfg = runs.read_run(path)
-        if tcfg.family != "classifier":
-            raise CapsgenError(f"{path}: a {tcfg.family} run, not a classifier")
-        d = run.read_config()["data"]
-        info = DataInfo(d["name"], tuple(d["shape"]), d["num_classes"], d["class_names"], d["train_size"])
-        task = runs.build_task(tcfg, mcfg, info)
-        load_checkpoint(ckpt, task.modules, restore_rng=False)
+        opened = runs.open_run(path, CHECKPOINT, device="cpu", fallback=False)
+        if opened.train_config.family != "classifier":
+            raise CapsgenError(f"{path}: a {opened.train_config.family} run, not a classifier")
+        task = opened.task
     except CorruptCache:
         raise
     except (CapsgenError, KeyError, TypeError, ValueError) as exc:

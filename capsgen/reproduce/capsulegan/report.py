@@ -44,7 +44,7 @@ def claims(stages: dict[str, Any], models: tuple, battles: tuple) -> list[str]:
         r = stages.get(f"battle/{a}-vs-{b}")
         if r:
             held = r["verdict"] == VERDICT_A
-            out.append(f"- **GAM (paper 001 §5.3): CapsuleGAN beats the convolutional GAN** — {a} vs {b}: "
+            out.append(f"- **GAM (Jaiswal et al. 2018, §5.3): CapsuleGAN beats the convolutional GAN** — {a} vs {b}: "
                        f"r_samples = {_f(r['r_samples'], '.3f')}, r_test = {_f(r['r_test'], '.3f')}, verdict "
                        f"*{r['verdict']}* → the claim **{'held' if held else 'did not hold'}** here.")
     dc = stages.get("semisup/dcgan")
@@ -54,7 +54,7 @@ def claims(stages: dict[str, Any], models: tuple, battles: tuple) -> list[str]:
             wins = [c["error"] < d["error"] for c, d in zip(cs["rows"], dc["rows"])]
             gaps = ", ".join(f"n={c['labelled']}: {100 * (d['error'] - c['error']):+.2f} pp"
                              for c, d in zip(cs["rows"], dc["rows"]))
-            out.append(f"- **Semi-supervised (paper 001 §5.4): CapsuleGAN samples lower the Label Spreading "
+            out.append(f"- **Semi-supervised (Jaiswal et al. 2018, §5.4): CapsuleGAN samples lower the Label Spreading "
                        f"error at every n** — {spec.name} vs dcgan ({gaps}; positive = CapsuleGAN better) → "
                        f"the claim **{'held' if all(wins) else 'did not hold'}** here "
                        f"({sum(wins)} of {len(wins)} n).")
@@ -70,7 +70,7 @@ def write_reports(folder: Path, s: Any, results: dict[str, Any], figures: dict[s
     """Write report.md and report.html into ``folder``; returns the report.md path."""
     import markdown
 
-    from capsgen.reproduce.capsulegan import BATTLES, MODELS, PAPER_GAM, PAPER_SEMISUP
+    from capsgen.reproduce.capsulegan.spec import BATTLES, MODELS, PAPER_GAM, PAPER_SEMISUP
 
     st = results["stages"]
     timing = results.get("timing", {})
@@ -130,7 +130,7 @@ def write_reports(folder: Path, s: Any, results: dict[str, Any], figures: dict[s
         L += _table(["samples", "FID ↓", "KID ↓", "IS ↑", "precision", "recall", "density", "coverage",
                      "classes hit", "class entropy / log K"], rows)
 
-    L += ["## Generative Adversarial Metric (paper 001 §5.3)", ""]
+    L += ["## Generative Adversarial Metric (Jaiswal et al. 2018, §5.3)", ""]
     rows = []
     for a, b in BATTLES:
         r = st.get(f"battle/{a}-vs-{b}")
@@ -140,7 +140,7 @@ def write_reports(folder: Path, s: Any, results: dict[str, Any], figures: dict[s
                          _f(p["A(D_B(x_test))"]), _f(p["A(D_A(x_test))"]), _f(r["r_samples"], ".3f"),
                          _f(r["r_test"], ".3f"), f"±{r['tolerance']:g}", r["verdict"]])
     for name, pg in PAPER_GAM.items():
-        rows.append([f"paper 001, {name}", "–", "–", "–", "–", _f(pg["r_samples"], ".2f"), _f(pg["r_test"], ".2f"),
+        rows.append([f"Jaiswal et al. 2018, {name}", "–", "–", "–", "–", _f(pg["r_samples"], ".2f"), _f(pg["r_test"], ".2f"),
                      "–", pg["verdict"]])
     L += _table(["battle", "A(D_B(G_A(z)))", "A(D_A(G_B(z)))", "A(D_B(x_test))", "A(D_A(x_test))", "r_samples",
                  "r_test", "tolerance", "verdict"], rows)
@@ -150,7 +150,7 @@ def write_reports(folder: Path, s: Any, results: dict[str, Any], figures: dict[s
               f"{b0['batch_norm']['mode']}. A wins if r_samples < 1 − tol and |r_test − 1| ≤ tol; "
               "a zero accuracy in a denominator gives an infinite ratio, reported as such.", ""]
 
-    L += ["## Semi-supervised classification (paper 001 §5.4)", ""]
+    L += ["## Semi-supervised classification (Jaiswal et al. 2018, §5.4)", ""]
     sem = {k.split("/", 1)[1]: v for k, v in st.items() if k.startswith("semisup/")}
     if sem:
         paper_ns = {n for table in PAPER_SEMISUP.values() for errs in table.values() for n in errs}
@@ -168,7 +168,7 @@ def write_reports(folder: Path, s: Any, results: dict[str, Any], figures: dict[s
                 rows.append([f"{name} ({desc[name]})" if name in desc else name, *[_f(errs.get(n)) for n in ns]])
         for ds, table in PAPER_SEMISUP.items():
             for model, errs in table.items():
-                rows.append([f"paper 001, {ds}: {model}", *[_f(errs.get(n)) for n in ns]])
+                rows.append([f"Jaiswal et al. 2018, {ds}: {model}", *[_f(errs.get(n)) for n in ns]])
         L += _table(["unlabelled data", *[f"n = {n:,}" for n in ns]], rows)
 
     L += ["## Did the papers' claims hold at this scale?", "", *claims(st, MODELS, BATTLES), ""]
@@ -178,7 +178,7 @@ def write_reports(folder: Path, s: Any, results: dict[str, Any], figures: dict[s
           f"{s.generated} generated, labelled {', '.join(map(str, s.labelled))}",
           "- stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in timing.items()), "",
           "Each piece on its own (what the reproduction ran):", "", "```"]
-    from capsgen.reproduce.capsulegan import train_command
+    from capsgen.reproduce.capsulegan.spec import train_command
 
     for spec in MODELS:
         L.append(train_command(spec, s, folder))

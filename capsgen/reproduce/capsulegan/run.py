@@ -3,9 +3,9 @@
 Models (one generator architecture for all three, so only the discriminator and objective differ):
 
 - ``dcgan``: convolutional discriminator, non-saturating BCE (the baseline of both papers);
-- ``capsulegan-bce``: CapsNet discriminator with a dense head and BCE (Karmakar, paper 000);
+- ``capsulegan-bce``: CapsNet discriminator with a dense head and BCE (Karmakar);
 - ``capsulegan-margin``: CapsNet discriminator whose single output capsule's length is P(real),
-  margin-loss objective (Jaiswal et al., paper 001, eq. 3).
+  margin-loss objective (Jaiswal et al. 2018, eq. 3).
 
 ``--scale cpu`` (default) keeps the families' CPU defaults (small capsule discriminators; the
 capsule discriminators learn at lr 2e-5, see ``CapsuleGANConfig``); ``--scale paper`` uses the
@@ -23,7 +23,6 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,64 +30,8 @@ import numpy as np
 import torch
 
 from capsgen.errors import CapsgenError
+from capsgen.reproduce.capsulegan.spec import BATTLES, MODELS, SCALES, ModelSpec, Settings
 from capsgen.train.checkpoint import atomic_write_text
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    family: str
-    label: str
-    cpu: tuple[str, ...]        # --set pairs at --scale cpu
-    preset: str                 # --preset at --scale paper
-    paper_extra: tuple[str, ...] = ()
-
-
-MODELS = (
-    ModelSpec("dcgan", "dcgan", "convolutional GAN (DCGAN discriminator, BCE)", (), "jaiswal"),
-    ModelSpec("capsulegan-bce", "capsulegan", "CapsuleGAN, BCE (paper 000 discriminator head)",
-              ("model.discriminator=caps-dense", "model.objective=bce"), "jaiswal",
-              ("model.discriminator=caps-dense", "model.objective=bce")),
-    ModelSpec("capsulegan-margin", "capsulegan", "CapsuleGAN, margin loss (paper 001, one capsule)",
-              ("model.discriminator=caps1", "model.objective=margin"), "jaiswal"),
-)
-BATTLES = (("capsulegan-margin", "dcgan"), ("capsulegan-bce", "dcgan"))
-SCALES = ("cpu", "paper")
-
-# The papers' own numbers (paper 001, section 5.3 and tables 1-2; MNIST and CIFAR-10).
-PAPER_GAM = {"MNIST": {"r_samples": 0.79, "r_test": 1.0, "verdict": "CapsuleGAN wins"},
-             "CIFAR-10": {"r_samples": 1.0, "r_test": 0.72, "verdict": "tie"}}
-PAPER_SEMISUP = {
-    "MNIST": {"convolutional GAN": {100: 0.2900, 1000: 0.1539, 10000: 0.0702},
-              "CapsuleGAN": {100: 0.2724, 1000: 0.1142, 10000: 0.0531}},
-    "CIFAR-10": {"convolutional GAN": {100: 0.8305, 1000: 0.7587, 10000: 0.7209},
-                 "CapsuleGAN": {100: 0.7983, 1000: 0.7496, 10000: 0.7102}},
-}
-
-
-@dataclass
-class Settings:
-    data: str
-    budget: float                  # training minutes per model
-    out: str
-    data_dir: str | None = None
-    scale: str = "cpu"
-    batch_size: int = 64
-    seed: int = 0
-    n_metrics: int = 10_000        # samples per model for FID & co.
-    n_battle: int = 1000
-    tol: float = 0.05
-    labelled: tuple[int, ...] = (100, 1000, 10000)
-    generated: int = 50_000
-    semisup_test_n: int | None = None
-    extra: tuple[str, ...] = ()    # --set pairs applied to every model after its own
-    command: str = ""
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that decide the results (a folder is only continued with the same ones)."""
-        return {k: getattr(self, k) for k in ("data", "budget", "scale", "batch_size", "seed", "n_metrics",
-                                             "n_battle", "tol", "generated", "semisup_test_n")} | {
-            "labelled": list(self.labelled), "extra": list(self.extra)}
 
 
 def say(msg: str) -> None:
@@ -142,29 +85,14 @@ def train_pairs(spec: ModelSpec, s: Settings) -> list[str]:
     return [*get_family(spec.family).config_cls.PRESETS[spec.preset], *spec.paper_extra]
 
 
-def train_command(spec: ModelSpec, s: Settings, folder: Path) -> str:
-    """The ``capsgen train`` command line equivalent to how the reproduction trains ``spec``."""
-    args = ["train", spec.family, "--data", s.data, "--minutes", f"{s.budget:g}", "--batch-size",
-            str(s.batch_size), "--seed", str(s.seed), "--out", str(folder / "runs" / spec.name)]
-    if s.data_dir:
-        args += ["--data-dir", s.data_dir]
-    if s.scale == "paper":
-        args += ["--preset", spec.preset]
-        pairs = list(spec.paper_extra) + list(s.extra)
-    else:
-        pairs = list(spec.cpu) + list(s.extra)
-    for pair in pairs:
-        args += ["--set", pair]
-    return "capsgen " + " ".join(shlex.quote(a) for a in args)
-
-
 def train_model(spec: ModelSpec, s: Settings, folder: Path) -> dict[str, Any]:
     """Train (or continue) one model until its time budget is spent; returns what it reached."""
     from capsgen import runs
     from capsgen.train.checkpoint import read_checkpoint
+    from capsgen.train.rundir import RunDir
 
     run_dir = folder / "runs" / spec.name
-    if (run_dir / "config.json").exists():
+    if RunDir(run_dir).is_run():
         say(f"{spec.name}: continuing {run_dir} up to {s.budget:g} minutes")
         _, final = runs.resume(run_dir, minutes=s.budget)
     else:
@@ -173,9 +101,9 @@ def train_model(spec: ModelSpec, s: Settings, folder: Path) -> dict[str, Any]:
                                        minutes=s.budget, seed=s.seed)
         say(f"{spec.name}: training for {s.budget:g} minutes into {run_dir}")
         _, final = runs.train_new(tcfg, mcfg, run_dir)
-    _, meta = read_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    _, meta = read_checkpoint(RunDir(run_dir).checkpoint("last"))
     step, elapsed = meta["state"]["step"], meta["state"]["elapsed"]
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = RunDir(run_dir).read_config()
     per_step = s.batch_size if cfg["model"].get("schedule") != "alternate" else s.batch_size / 2
     return {"run": str(run_dir), "steps": step, "seconds": round(elapsed, 1),
             "real_images_seen": int(step * per_step), "final": final, "model": cfg["model"],
@@ -183,16 +111,15 @@ def train_model(spec: ModelSpec, s: Settings, folder: Path) -> dict[str, Any]:
 
 
 def _param_counts(run_dir: Path) -> dict[str, int]:
-    from capsgen.gan_cli import open_generative
+    from capsgen.runs import open_run
 
-    _, task = open_generative(run_dir)
-    return {"generator": sum(p.numel() for p in task.G.parameters()),
-            "discriminator": sum(p.numel() for p in task.D.parameters())}
+    modules = open_run(run_dir).task.modules
+    return {name: sum(p.numel() for p in modules[name].parameters()) for name in ("generator", "discriminator")}
 
 
 def sample_metrics(spec: ModelSpec, s: Settings, folder: Path, evaluator: Any) -> dict[str, Any]:
     from capsgen.eval.report_metrics import evaluate_samples
-    from capsgen.eval_cli import generate_images
+    from capsgen.sampling import generate_images
 
     _, _, images = generate_images(str(folder / "runs" / spec.name), s.n_metrics, s.seed)
     (folder / "samples").mkdir(exist_ok=True)
@@ -231,17 +158,19 @@ def semisup_real_row(s: Settings) -> dict[str, Any]:
 
 def copy_figures(folder: Path) -> dict[str, dict[str, str]]:
     """Copy each run's sample grid, curves and interpolation into figures/ (report-relative paths)."""
+    from capsgen.train.rundir import RunDir
+
     out = folder / "figures"
     out.mkdir(exist_ok=True)
     found: dict[str, dict[str, str]] = {}
     for spec in MODELS:
-        src = folder / "runs" / spec.name / "figures"
+        src = RunDir(folder / "runs" / spec.name).figures
         for kind in ("samples", "gan_curves", "interpolation"):
             if (src / f"{kind}.png").exists():
                 dst = out / f"{spec.name}_{kind}.png"
                 shutil.copyfile(src / f"{kind}.png", dst)
                 found.setdefault(spec.name, {})[kind] = f"figures/{dst.name}"
-    real = folder / "runs" / MODELS[0].name / "figures" / "real.png"
+    real = RunDir(folder / "runs" / MODELS[0].name).figure("real.png")
     if real.exists():
         shutil.copyfile(real, out / "real.png")
         found["real"] = {"samples": "figures/real.png"}
@@ -253,7 +182,7 @@ def run(s: Settings) -> Path:
     from capsgen.compare import battle, semisup
     from capsgen.data.registry import get_spec
     from capsgen.eval.evaluator import get_evaluator
-    from capsgen.reproduce.report import write_reports
+    from capsgen.reproduce.capsulegan.report import write_reports
 
     if s.budget <= 0:
         raise CapsgenError(f"--budget must be a positive number of minutes, got {s.budget:g}")
@@ -263,6 +192,9 @@ def run(s: Settings) -> Path:
     folder = Path(s.out)
     if folder.exists() and not folder.is_dir():
         raise CapsgenError(f"{folder} exists and is not a folder; choose another --out")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
+        raise CapsgenError(f"{folder} is a folder capsgen did not create and it is not empty; "
+                           "choose another --out")
     from capsgen.data import load_split
 
     load_split(s.data, "test", s.data_dir)       # bad data fails before any folder is made
@@ -290,7 +222,3 @@ def run(s: Settings) -> Path:
            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
            "this_invocation_seconds": round(time.perf_counter() - t_start, 1)}
     return write_reports(folder, s, res.data, figures, env)
-
-
-def command_line(argv: list[str] | None) -> str:
-    return "capsgen " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

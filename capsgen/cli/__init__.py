@@ -1,0 +1,85 @@
+"""The ``capsgen`` command line: parse, call the library, print. Nothing else lives here.
+
+    capsgen models                                               (families, capabilities, presets)
+    capsgen train capsnet --data fashion-mnist --epochs 1 --out runs/caps [--device auto]
+    capsgen train --resume runs/caps [--steps N]
+    torchrun --nproc_per_node=2 -m capsgen train capsnet --data digits --steps 50 --out runs/ddp
+    capsgen eval runs/caps                                       (every capability the run has)
+    capsgen eval samples.npz --data fashion-mnist [--n 10000]    (FID, KID, IS, PR, DC + floor)
+    capsgen evaluator --data fashion-mnist                       (train/show the evaluator net)
+    capsgen sample runs/cgan --n 1000 --out samples.npz --grid samples.png [--class K]
+    capsgen interpolate runs/cgan --out interpolation.png
+    capsgen battle runs/cgan runs/dcgan --n 1000                 (GAM: r_samples, r_test, verdict)
+    capsgen semisup runs/cgan --labelled 100,1000 --generated 50000
+    capsgen reproduce --list | capsgen reproduce capsulegan --data fashion-mnist --budget 20
+    capsgen demo
+
+Every user-facing problem is reported as one line ``capsgen: error: …`` with exit code 2; an
+interruption as one line with exit code 130. Building the parser imports no torch, so
+``capsgen --help`` and ``capsgen models`` answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from capsgen.errors import CapsgenError
+
+DEVICE_HELP = "auto (CUDA when available, else CPU) | cpu | cuda | cuda:N (default: %(default)s)"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, listing the valid options."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        if message.startswith("unrecognized arguments") or "invalid choice" not in message:
+            opts = sorted({s for a in self._actions for s in a.option_strings if s.startswith("--")})
+            if opts and "invalid choice" not in message:
+                message += f" (valid options for '{self.prog}': {', '.join(opts)})"
+        raise CapsgenError(message)
+
+
+def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--device", default=default, help=DEVICE_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from capsgen.cli import compare, evaluate, generate, models, reproduce, train
+
+    parser = OneLineParser(prog="capsgen", description="Capsule-network generative models.")
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND")
+    parser.subcommands = sub.choices
+    for module in (models, train, evaluate, generate, compare, reproduce):
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # Name the options of the sub-command the user typed, not the top level's.
+            sub = parser.subcommands.get(args.command, parser) if args.command else parser
+            sub.error(f"unrecognized arguments: {' '.join(extra)}")
+        if not args.command:
+            parser.print_help()
+            return 2
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("capsgen: interrupted", file=sys.stderr)
+        return 130
+    except CapsgenError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"capsgen: error: {msg}", file=sys.stderr)
+        return 130 if type(exc).__name__ == "Interrupted" else 2
+    finally:
+        if "torch.distributed" in sys.modules:
+            from capsgen.train.distributed import shutdown
+
+            shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

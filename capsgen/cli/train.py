@@ -1,0 +1,104 @@
+"""``capsgen train`` and ``capsgen demo``."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from capsgen.errors import CapsgenError
+
+
+def add_parsers(sub) -> None:
+    from capsgen.cli import add_device
+    from capsgen.data import dataset_names
+    from capsgen.models import FAMILIES
+
+    p = sub.add_parser("train", help="train a model (or resume a run)")
+    p.add_argument("model", nargs="?", choices=sorted(FAMILIES), help="model family (see capsgen models)")
+    p.add_argument("--data", choices=dataset_names(), help="dataset name")
+    p.add_argument("--data-dir", help="folder holding the dataset's standard files")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=float, help="epochs to train (default 1)")
+    g.add_argument("--steps", type=int, help="optimisation steps to train")
+    p.add_argument("--minutes", type=float, help="wall-clock budget; stops at the first step past it "
+                   "(alone: train until it is spent)")
+    p.add_argument("--batch-size", type=int, help="examples per step (over all processes under torchrun)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run folder to create: new or empty (default runs/MODEL-DATA-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.routing_iterations=2")
+    p.add_argument("--preset", help="named bundle of --set values of the model (see capsgen models), "
+                   "applied before your own --set")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast around each step (default fp32)")
+    add_device(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("demo", help="train a capsule GAN for a few minutes on bundled digits; samples, curves, report")
+    p.add_argument("--out", default="runs/demo", help="run folder to create (default runs/demo)")
+    p.add_argument("--steps", type=int, default=600, help="training steps (default 600: ~3-5 min on 2 cores)")
+    add_device(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_train(args) -> int:
+    from capsgen import runs
+
+    if args.resume:
+        extra = [n for n in ("model", "data", "data_dir", "batch_size", "seed", "out", "preset", "precision")
+                 if getattr(args, n)]
+        if extra or args.set:
+            raise CapsgenError("--resume continues a run with its own settings; only --steps/--epochs/--minutes/"
+                               f"--device may be given with it (got {', '.join(extra + ['set'] * bool(args.set))})")
+        run, final = runs.resume(args.resume, args.steps, args.epochs, progress=not args.no_progress,
+                                 minutes=args.minutes, device=args.device)
+    else:
+        if not args.model:
+            raise CapsgenError("name a model to train (e.g. capsgen train capsnet --data fashion-mnist) "
+                               "or pass --resume RUN_DIR")
+        tcfg, mcfg = runs.make_configs(args.model, args.set, preset=args.preset, data=args.data,
+                                       data_dir=args.data_dir, epochs=args.epochs, steps=args.steps,
+                                       minutes=args.minutes, batch_size=args.batch_size, seed=args.seed,
+                                       precision=args.precision)
+        out = args.out or f"runs/{args.model}-{tcfg.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run, final = runs.train_new(tcfg, mcfg, out, progress=not args.no_progress, device=args.device)
+    from capsgen.train.distributed import launched_by_torchrun
+
+    if not launched_by_torchrun() or _rank() == 0:
+        print(json.dumps({"run": str(run.path), **final}))
+    return 0
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", 0))
+
+
+def cmd_demo(args) -> int:
+    """A capsule GAN on the bundled mnist-5k digits: samples, progress grids, curves, report."""
+    from capsgen import runs
+
+    out = Path(args.out)
+    steps = args.steps
+    if steps < 1:
+        raise CapsgenError(f"--steps must be >= 1, got {steps}")
+    every = max(1, steps // 6)   # ~6 fixed-noise progress grids, with a test evaluation at each
+    # The capsulegan defaults are tuned for a CPU (D learning rate 2e-5; batch 64 as tuned).
+    tcfg, mcfg = runs.make_configs("capsulegan", [f"model.sample_every={every}"], data="mnist-5k",
+                                   steps=steps, batch_size=64, seed=0, eval_every=every,
+                                   log_every=max(1, min(20, steps // 10)))
+    print(f"capsgen demo: training a capsule GAN (CapsNet discriminator, DCGAN generator) on the bundled "
+          f"mnist-5k digits for {steps} steps into {out} (a few minutes on 2 CPU cores)")
+    run, final = runs.train_new(tcfg, mcfg, out, progress=True, device=args.device)
+    figs = run.figures
+    print(f"discriminator on {final['n']} test digits vs {final['n']} samples: accuracy {final['d_acc']:.3f} "
+          f"(real {final['d_acc_real']:.3f}, fake {final['d_acc_fake']:.3f}; 0.5 = chance), "
+          f"mean P(real) {final['d_real']:.3f} real vs {final['d_fake']:.3f} generated")
+    n_grids = len(list((figs / "samples").glob("step_*.png")))
+    print(f"samples:        {run.figure('samples.png')}")
+    print(f"progress grids: {figs / 'samples'}/ ({n_grids}, every {every} steps, same noise)")
+    print(f"curves:         {run.figure('gan_curves.png')}")
+    print(f"interpolation:  {run.figure('interpolation.png')}")
+    print(f"report:         {run.report_path}")
+    return 0

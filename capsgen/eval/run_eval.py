@@ -1,0 +1,95 @@
+"""``capsgen eval RUN``: every capability a run has, measured.
+
+- classify: test error on the run's test split (the first ``n_test`` images);
+- attributes: per-attribute accuracy on the test split;
+- the family's own held-out figures (``Task.evaluate``, e.g. a GAN discriminator's accuracy);
+- generate: FID, KID, IS, precision/recall, density/coverage against the real test split, beside
+  the real-vs-real floor (:mod:`capsgen.eval.report_metrics`);
+- class-conditional: conditional fidelity — the share of samples drawn for class k that capsgen's
+  evaluator classifier assigns to k, per class and overall.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from capsgen.errors import CapsgenError
+from capsgen.models.common import batched
+from capsgen.runs import open_run
+from capsgen.train.capabilities import capabilities_of
+
+DEFAULT_SAMPLES = 10_000    # images drawn from a generative run when n is not given
+
+
+def class_fidelity(task: Any, evaluator: Any, num_classes: int, per_class: int, seed: int) -> dict[str, Any]:
+    """Share of samples drawn for class k that the evaluator assigns to k (per class and mean)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images = task.sample_classes(labels, g)
+    pred = evaluator.probs(images).argmax(1)
+    per = [(pred[labels == k] == k).float().mean().item() for k in range(num_classes)]
+    return {"per_class": per, "mean": sum(per) / len(per), "samples_per_class": per_class}
+
+
+def evaluate_run(path: str, n: int | None = None, seed: int = 0, which: str = "best",
+                 device: str | None = "cpu", data_dir: str | None = None) -> dict[str, Any]:
+    """A dict with one entry per capability of the run (see the module docstring)."""
+    if n is not None and n < 1:
+        raise CapsgenError(f"--n must be a positive number, got {n}")
+    opened = open_run(path, which, device)
+    task, tcfg = opened.task, opened.train_config
+    caps = capabilities_of(task)
+    out: dict[str, Any] = {"run": str(opened.run.path), "family": tcfg.family, "data": tcfg.data,
+                           "checkpoint": opened.checkpoint.stem, "capabilities": caps}
+    data_dir = data_dir or tcfg.data_dir
+    test = opened.test_batch(None, data_dir)
+    test_n = test[:n] if n is not None else test
+    with torch.no_grad():
+        out["figures"] = task.evaluate(test_n)
+    if "classify" in caps:
+        scores = batched(task.class_scores, test_n.images, task.device)
+        out["classify"] = {"test_error": (scores.argmax(1) != test_n.labels).float().mean().item(),
+                           "n": len(test_n)}
+    if "attributes" in caps and test_n.attributes is not None:
+        probs = batched(task.attribute_probs, test_n.images, task.device)
+        acc = ((probs > 0.5).float() == test_n.attributes).float().mean(0)
+        out["attributes"] = {"per_attribute": dict(zip(opened.info.attribute_names, acc.tolist())),
+                             "mean": acc.mean().item(), "n": len(test_n)}
+    if "generate" in caps:
+        from capsgen.eval.evaluator import get_evaluator
+        from capsgen.eval.report_metrics import evaluate_samples
+        from capsgen.report.figures import to_uint8_hwc
+
+        m = n or DEFAULT_SAMPLES
+        images = to_uint8_hwc(task.sample(m, torch.Generator().manual_seed(seed)))
+        ev = get_evaluator(tcfg.data, data_dir)
+        out["generate"] = evaluate_samples(images, tcfg.data, m, ev, data_dir=data_dir, seed=seed,
+                                           source=str(opened.run.path))
+        if "class-conditional" in caps and opened.info.num_classes:
+            per = max(1, m // opened.info.num_classes)
+            out["class-conditional"] = class_fidelity(task, ev, opened.info.num_classes, per, seed)
+    return out
+
+
+def format_run_eval(res: dict[str, Any]) -> str:
+    from capsgen.eval.report_metrics import format_table
+
+    lines = [f"{res['run']}: {res['family']} on {res['data']} ({res['checkpoint']} checkpoint); "
+             f"can: {', '.join(res['capabilities']) or 'nothing beyond training'}"]
+    if "classify" in res:
+        c = res["classify"]
+        lines.append(f"test error: {100 * c['test_error']:.2f}% on {c['n']} {res['data']} test images")
+    if "attributes" in res:
+        a = res["attributes"]
+        lines.append(f"attribute accuracy: {100 * a['mean']:.2f}% mean over {len(a['per_attribute'])} attributes "
+                     f"on {a['n']} test images")
+        lines += [f"  {k:<24} {100 * v:6.2f}%" for k, v in a["per_attribute"].items()]
+    if "generate" in res:
+        lines += ["", format_table(res["generate"])]
+    if "class-conditional" in res:
+        f = res["class-conditional"]
+        lines.append(f"conditional fidelity: {100 * f['mean']:.1f}% of samples drawn for class k are "
+                     f"classified k by the evaluator ({f['samples_per_class']} per class): "
+                     + " ".join(f"{100 * v:.0f}" for v in f["per_class"]))
+    return "\n".join(lines)

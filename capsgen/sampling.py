@@ -1,0 +1,172 @@
+"""Images from trained runs: samples, class- or attribute-conditioned samples, interpolations, and
+the files they go to. Library code: the CLI, comparisons and experiments all draw through here.
+
+A run is reopened from config.json and a checkpoint (no dataset is read); what it can do is
+asked of its declared capabilities (:mod:`capsgen.train.capabilities`). A run lacking what is
+asked gets one line naming what it can do.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from capsgen.errors import CapsgenError
+from capsgen.runs import OpenRun, open_run
+from capsgen.train.capabilities import capabilities_of
+
+MAX_GRID = 100   # images in a --grid picture
+
+_VERBS = {"generate": "generate images", "class-conditional": "generate images of a chosen class",
+          "attribute-conditional": "generate images with chosen attributes", "classify": "classify images",
+          "attributes": "predict attributes", "discriminate": "tell real from generated images"}
+
+
+def require(opened: OpenRun, capability: str) -> Any:
+    """The run's task if it has ``capability``; else one line saying what the run can do."""
+    caps = capabilities_of(opened.task)
+    if capability not in caps:
+        can = ", ".join(caps) if caps else "nothing beyond training"
+        raise CapsgenError(f"{opened.run.path} is a {opened.train_config.family} run, which cannot "
+                           f"{_VERBS[capability]}; it can: {can}")
+    return opened.task
+
+
+def open_for(path: str | Path, capability: str, which: str = "last", device: str | None = "cpu") -> OpenRun:
+    opened = open_run(path, which, device)
+    require(opened, capability)
+    return opened
+
+
+def parse_attributes(text: str, names: list[str] | None, run: str) -> torch.Tensor:
+    """"name=1,name=0" -> attributes [A] in {0, 1}; unnamed attributes are 0. One-line errors."""
+    if not names:
+        raise CapsgenError(f"{run} was trained without attributes; use --class or plain sampling")
+    vec = torch.zeros(len(names))
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        if "=" not in part:
+            raise CapsgenError(f"--attributes expects name=0|1 pairs, got {part!r}")
+        key, val = (t.strip() for t in part.split("=", 1))
+        if key not in names:
+            raise CapsgenError(f"unknown attribute {key!r}; this run has: {', '.join(names)}")
+        if val not in ("0", "1"):
+            raise CapsgenError(f"attribute {key}={val}: the value must be 0 or 1")
+        vec[names.index(key)] = float(val)
+    return vec
+
+
+def draw(opened: OpenRun, n: int, seed: int = 0, label: int | None = None,
+         attributes: torch.Tensor | None = None) -> torch.Tensor:
+    """n images [n, C, H, W] in [0, 1]: from the prior, of class ``label``, or with ``attributes`` [A]."""
+    if n < 1:
+        raise CapsgenError(f"--n must be a positive number of images, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    if label is not None and attributes is not None:
+        raise CapsgenError("give --class or --attributes, not both")
+    if label is not None:
+        task = require(opened, "class-conditional")
+        k = opened.info.num_classes or 0
+        if not 0 <= label < k:
+            raise CapsgenError(f"--class {label} is out of range; {opened.run.path} has classes 0..{k - 1}")
+        return task.sample_classes(torch.full((n,), label, dtype=torch.long), g)
+    if attributes is not None:
+        task = require(opened, "attribute-conditional")
+        return task.sample_attributes(attributes.expand(n, -1).clone(), g)
+    return require(opened, "generate").sample(n, g)
+
+
+def generate_images(run_dir: str | Path, n: int, seed: int, device: str | None = "cpu"
+                    ) -> tuple[str, str | None, np.ndarray]:
+    """(dataset, data_dir, uint8 [n, H, W, C]) drawn from a generative run's 'last' weights."""
+    from capsgen.report.figures import to_uint8_hwc
+
+    opened = open_for(run_dir, "generate", device=device)
+    images = draw(opened, n, seed)
+    return opened.train_config.data, opened.train_config.data_dir, to_uint8_hwc(images)
+
+
+def is_sample_file(target: str | Path) -> bool:
+    """A .npz path or an existing file (not a run folder)."""
+    return str(target).lower().endswith(".npz") or Path(target).is_file()
+
+
+def writable(out: str | Path, suffix: str) -> Path:
+    """``out`` as a Path if it has ``suffix`` and its folder exists and is writable."""
+    out = Path(out)
+    if out.suffix.lower() != suffix:
+        raise CapsgenError(f"{out}: the output file must end in {suffix}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CapsgenError(f"{out}: folder {parent} does not exist")
+    if out.is_dir():
+        raise CapsgenError(f"{out} is a folder; give a file name")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise CapsgenError(f"{out}: not writable")
+    return out
+
+
+def write_file(out: Path, payload: bytes) -> None:
+    from capsgen.train.checkpoint import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(out, payload)
+    except OSError as exc:
+        raise CapsgenError(f"{out}: cannot write ({exc.strerror or exc})") from None
+
+
+def png_bytes(images: torch.Tensor, ncol: int) -> bytes:
+    from capsgen.report.figures import image_grid
+
+    buf = io.BytesIO()
+    image_grid(images, ncol, scale=2).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Path | None = None,
+                    seed: int = 0, label: int | None = None, attributes: str | None = None,
+                    device: str | None = "cpu") -> dict[str, Any]:
+    """Write ``n`` generated images as uint8 [n, H, W, C] under the key ``images`` of ``out`` (.npz).
+
+    The same run, n, seed (and class or attributes) give the same file. ``grid`` (optional .png)
+    shows the first images. Every argument is checked before anything is written.
+    """
+    from capsgen.report.figures import to_uint8_hwc
+
+    if n < 1:
+        raise CapsgenError(f"--n must be a positive number of images, got {n}")
+    out = writable(out, ".npz")
+    grid_path = writable(grid, ".png") if grid else None
+    opened = open_for(run_dir, "generate", device=device)
+    attr = parse_attributes(attributes, opened.info.attribute_names, str(opened.run.path)) if attributes else None
+    images = draw(opened, n, seed, label, attr)
+    arr = to_uint8_hwc(images)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=arr)
+    write_file(out, buf.getvalue())
+    result = {"run": str(opened.run.path), "out": str(out), "n": n, "shape": list(arr.shape), "seed": seed}
+    if label is not None:
+        result["class"] = label
+    if attributes:
+        result["attributes"] = attributes
+    if grid_path:
+        first = images[:MAX_GRID]
+        write_file(grid_path, png_bytes(first, math.ceil(math.sqrt(len(first)))))
+        result["grid"] = str(grid_path)
+    return result
+
+
+def interpolate_to_file(run_dir: str | Path, out: str | Path, rows: int = 8, cols: int = 10,
+                        seed: int = 0, device: str | None = "cpu") -> dict[str, Any]:
+    """Write a rows x cols PNG; each row walks between two latents (or encodings)."""
+    if rows <= 0 or cols < 2:
+        raise CapsgenError(f"--rows must be >= 1 and --cols >= 2, got {rows} and {cols}")
+    out = writable(out, ".png")
+    opened = open_for(run_dir, "generate", device=device)
+    images = opened.task.interpolate(rows, cols, torch.Generator().manual_seed(seed))
+    write_file(out, png_bytes(images, cols))
+    return {"run": str(opened.run.path), "out": str(out), "rows": rows, "cols": cols, "seed": seed}
