@@ -32,8 +32,10 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/capsgen demo --out runs/demo
 
+# The default suite (under ~10 minutes on 2 cores); tests that spawn processes (signals, torchrun)
+# or train for more than a few seconds are marked slow and run by test-slow. CI runs both.
 test: $(STAMP) fashion-mnist
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 test-slow: $(STAMP) fashion-mnist
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
@@ -41,6 +43,7 @@ test-slow: $(STAMP) fashion-mnist
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capsnet_step.py
 	$(BIN)/python benchmarks/gan_step.py
+	$(BIN)/python benchmarks/ddp_throughput.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

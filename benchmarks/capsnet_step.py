@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from capsgen.models.capsnet import CapsNet, CapsNetConfig, capsnet_loss
+from capsgen.models.capsnet.config import CapsNetConfig
+from capsgen.models.capsnet.nets import CapsNet, capsnet_loss
 
 
 class ConvOnly(nn.Module):

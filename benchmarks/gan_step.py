@@ -33,8 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from capsgen.models.gan_nets import CapsuleDiscriminator
-from capsgen.models.gan_task import CapsuleGANConfig, DCGANConfig, GANTask, build_discriminator
+from capsgen.models.gan.nets import CapsuleDiscriminator
+from capsgen.models.gan.config import CapsuleGANConfig, DCGANConfig
+from capsgen.models.gan.task import GANTask, build_discriminator
+from capsgen.data.batch import Batch
 from capsgen.train.task import DataInfo, StepContext
 
 GENERATOR_FIELDS = ("latent_dim", "generator", "g_width", "g_norm", "g_channels", "lr", "beta1", "beta2")
@@ -76,7 +78,7 @@ def gan_step(task: GANTask, images: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         s = counter[0]
         counter[0] += 1
-        task.train_step(images, None, StepContext(s, 0.0, 1, torch.Generator().manual_seed(s)))
+        task.train_step(Batch(images), StepContext(s, 0.0, 1, torch.Generator().manual_seed(s)))
 
     return step
 

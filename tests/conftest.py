@@ -24,5 +24,5 @@ def tiny_capsnet_args() -> list[str]:
 def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run ``capsgen`` in a fresh interpreter (as a user would), capturing output."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "capsgen.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "capsgen", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)

@@ -4,8 +4,11 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from capsgen.models.capsnet import CapsNet, CapsNetConfig, capsnet_loss, random_shift
-from capsgen.models.capsnet_task import CapsNetTask
+from capsgen.data.batch import Batch
+from capsgen.models.capsnet.config import CapsNetConfig
+from capsgen.models.capsnet.nets import CapsNet, capsnet_loss
+from capsgen.models.capsnet.task import CapsNetTask
+from capsgen.models.common import random_shift
 from capsgen.nn import margin_loss, safe_norm
 from capsgen.train.loop import step_generator
 from capsgen.train.task import DataInfo, StepContext
@@ -77,14 +80,14 @@ def test_task_learns_on_digits_and_writes_perturbation_figure(tmp_path):
     # A tiny CapsNet starts slowly (short votes => |v| ~ |s|^2), so a larger step size here.
     cfg = CapsNetConfig(**{**TINY.__dict__, "lr": 1e-2})
     task = CapsNetTask(cfg, DataInfo("digits", (1, 8, 8), 10, None, len(xs)), torch.device("cpu"))
-    before = task.evaluate(xt, yt)["test_error"]
+    before = task.evaluate(Batch(xt, yt))["test_error"]
     for step in range(150):
         idx = torch.randint(0, len(xs), (32,), generator=torch.Generator().manual_seed(step))
-        task.train_step(xs[idx], ys[idx], StepContext(step, 0.0, 40, step_generator(0, step)))
+        task.train_step(Batch(xs[idx], ys[idx]), StepContext(step, 0.0, 40, step_generator(0, step)))
     with torch.no_grad():
-        after = task.evaluate(xt, yt)["test_error"]
+        after = task.evaluate(Batch(xt, yt))["test_error"]
     assert after < 0.5 < before
-    paths = task.write_figures(tmp_path, xt, yt)
+    paths = task.write_figures(tmp_path, Batch(xt, yt))
     pert = [p for p in paths if p.name.startswith("perturbation")]
     assert len(pert) == 3
     img = Image.open(pert[0])

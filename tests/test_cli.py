@@ -25,7 +25,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     (["train", "capsnet", "--data", "mnist"], "--data-dir"),
     (["train", "capsnet", "--data", "digits"], "too small"),
     (["train"], "name a model"),
-    (["eval", "/nonexistent/run"], "not a capsgen run folder"),
+    (["eval", "/nonexistent/run"], "no such run folder"),
     (["nosuchcommand"], "invalid choice"),
 ])
 def test_bad_input_gets_one_line(capsys, argv, expected):
@@ -56,8 +56,9 @@ def test_train_eval_and_refuse_existing_run(tmp_path, capsys):
     assert main(["eval", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     res = json.loads(lines[0])
-    assert res["data"] == "digits" and 0.0 <= res["test_error"] <= 1.0 and res["n"] == 359
-    assert lines[1].startswith("test error:")
+    assert res["data"] == "digits" and res["capabilities"] == ["classify"]
+    assert 0.0 <= res["classify"]["test_error"] <= 1.0 and res["classify"]["n"] == 359
+    assert lines[2].startswith("test error:")
 
 
 def test_console_script_entry_point():

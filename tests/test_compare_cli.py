@@ -12,7 +12,7 @@ import torch
 from capsgen.cli import main
 from capsgen.compare import battle, semisup
 from capsgen.eval.gam import accuracy
-from capsgen.gan_cli import open_generative
+from capsgen.runs import open_run
 from tests.test_gan_train import TINY_GAN
 
 
@@ -51,8 +51,8 @@ def test_battle_pairing_matches_direct_scoring(two_runs):
     """Recompute one pairing by hand: D_B on G_A's samples, drawn with the same seed."""
     caps, conv = two_runs
     res = battle(caps, conv, n=100, seed=5)
-    _, ta = open_generative(caps)
-    _, tb = open_generative(conv)
+    ta = open_run(caps).task
+    tb = open_run(conv).task
     fakes = ta.sample(100, torch.Generator().manual_seed(5))
     with torch.no_grad():
         p = torch.sigmoid(tb.D(fakes * 2 - 1)).reshape(-1)   # conv D: one logit per image

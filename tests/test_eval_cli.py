@@ -73,9 +73,11 @@ def test_generative_run_is_sampled(cache, tmp_path, capsys):
                  "--set", "n_fixed=16", "--set", "eval_n=32", "--set", "eval_limit=32"]) == 0
     capsys.readouterr()
     res, table = run_eval(capsys, [str(run), "--n", "40"])
-    assert res["kind"] == "run" and res["data"] == "digits"
-    assert res["counts"] == {"samples": 40, "real_train": 40, "real_test": 40}
-    assert res["samples"]["fid"] > res["real_vs_real"]["fid"]        # 2 steps of training
+    assert res["capabilities"] == ["generate", "discriminate"] and res["data"] == "digits"
+    assert {"d_acc", "d_real", "d_fake"} <= set(res["figures"])     # the family's own figures too
+    gen = res["generate"]
+    assert gen["counts"] == {"samples": 40, "real_train": 40, "real_test": 40}
+    assert gen["samples"]["fid"] > gen["real_vs_real"]["fid"]        # 2 steps of training
     assert main(["eval", str(run), "--data", "mnist", "--n", "40"]) == 2
     assert "trained on digits, not mnist" in capsys.readouterr().err
 

@@ -13,7 +13,8 @@ from capsgen.cli import main
 from capsgen.data import load_split
 from capsgen.errors import CapsgenError
 from capsgen.eval import evaluator as E
-from capsgen.models.classifier import Classifier, ClassifierConfig
+from capsgen.models.classifier.config import ClassifierConfig
+from capsgen.models.classifier.nets import Classifier
 
 # A few seconds on one busy thread; accuracy is well above chance on the 8x8 digits.
 TINY = E.Recipe(steps=40, batch_size=64, model=("model.channels=8,16", "model.hidden=32"))
@@ -80,7 +81,7 @@ def test_classifier_trains_through_generic_loop(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0              # classifier runs keep reporting their test error
     lines = capsys.readouterr().out.strip().splitlines()
-    assert json.loads(lines[0])["n"] == 359 and lines[1].startswith("test error:")
+    assert json.loads(lines[0])["classify"]["n"] == 359 and lines[2].startswith("test error:")
     assert main(["eval", str(out), "--data", "mnist"]) == 2
     assert "trained on digits, not mnist" in capsys.readouterr().err
 

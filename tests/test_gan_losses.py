@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from capsgen.models.gan_losses import (as_lengths, bce_d_loss, bce_g_loss, lsgan_d_loss, lsgan_g_loss,
+from capsgen.models.gan.losses import (as_lengths, bce_d_loss, bce_g_loss, lsgan_d_loss, lsgan_g_loss,
                                        margin_d_loss, margin_g_loss, objective, p_real, real_logit)
 
 DT = torch.float64

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from capsgen.config import apply_overrides
-from capsgen.models.gan_nets import (CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator,
+from capsgen.models.gan.nets import (CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator,
                                      KarmakarGenerator, halvings)
-from capsgen.models.gan_task import CapsuleGANConfig, DCGANConfig, build_discriminator, build_generator
+from capsgen.models.gan.config import CapsuleGANConfig, DCGANConfig
+from capsgen.models.gan.task import build_discriminator, build_generator
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
 
@@ -116,7 +117,7 @@ def test_small_cpu_defaults_and_family_validation():
 
 
 def test_slerp_walks_the_great_circle():
-    from capsgen.models.gan_task import slerp
+    from capsgen.models.gan.task import slerp
 
     z0, z1 = torch.tensor([[3.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 3.0], [2.0, 2.0]])
     path = slerp(z0, z1, torch.linspace(0, 1, 5))

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 from capsgen.cli import main
-from capsgen.models.gan_task import GANTask
+from capsgen.data.batch import Batch
+from capsgen.models.gan.task import GANTask
 from capsgen.train.checkpoint import read_checkpoint
+from capsgen.train.task import StepContext
 
 # Tiny widths and kernels that fit the 8x8 digits; every part of each network is still there.
 TINY_GAN = [
@@ -58,7 +62,7 @@ def test_preset_trains_and_discriminator_loss_falls(tmp_path, family, preset):
     for png in ("samples.png", "real.png", "interpolation.png", "gan_curves.png"):
         assert (figs / png).stat().st_size > 0
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    if preset == "karmakar":   # paper 000: D and G batches alternate, 16 real + 16 fake
+    if preset == "karmakar":   # Karmakar: D and G batches alternate, 16 real + 16 fake
         assert cfg["model"]["schedule"] == "alternate" and cfg["model"]["objective"] == "bce"
 
 
@@ -82,7 +86,7 @@ SMALL_KERNELS = ["--set", "d_conv_kernel=3", "--set", "d_primary_kernel=3"]
      "unknown preset 'nope' for capsulegan; choose one of: jaiswal, jaiswal-2caps, karmakar"),
     (["capsnet", "--preset", "karmakar"], "unknown preset 'karmakar' for capsnet; it has no presets"),
     (["dcgan", "--set", "discriminator=caps1", *SMALL_KERNELS], "not one of this family's: conv"),
-    (["capsulegan", "--set", "objective=wgan", *SMALL_KERNELS], "unknown objective 'wgan'"),
+    (["capsulegan", "--set", "objective=wgan", *SMALL_KERNELS], "choose one of: bce, margin, lsgan"),
     (["capsulegan"], "too small for kernels 9 and 9"),   # the CPU defaults are for 28x28 and up
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, args, message):
@@ -104,8 +108,8 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
 
     def stop_at_7(self, step, r, writer=None):
         original(self, step, r, writer)
-        if step == 7:
-            raise KeyboardInterrupt
+        if step == 7:   # a real Ctrl-C, landing while step 7's pictures are written
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(GANTask, "after_step", stop_at_7)
     assert train(run, "capsulegan", *args) == 130
@@ -136,7 +140,7 @@ def test_exploding_or_nan_loss_stops_and_keeps_last_good(tmp_path, capsys, lr, r
 
 
 def tiny_task(**kw) -> GANTask:
-    from capsgen.models.gan_task import DCGANConfig
+    from capsgen.models.gan.config import DCGANConfig
     from capsgen.train.task import DataInfo
 
     torch.manual_seed(0)
@@ -157,12 +161,12 @@ def test_discriminator_sees_pure_real_and_fake_batches():
 
 def test_evaluate_and_sampling_change_no_state():
     task = tiny_task(ema=0.5)
-    task.train_step(torch.rand(8, 1, 8, 8), None, type("Ctx", (), {"step": 0, "generator": torch.Generator()})())
+    task.train_step(Batch(torch.rand(8, 1, 8, 8)), StepContext(0, 0.0, 4, torch.Generator()))
     before = {k: v.clone() for name, m in task.modules.items() for k, v in m.state_dict(prefix=name).items()}
     images = torch.rand(20, 1, 8, 8)
     rng = torch.get_rng_state()
     task.train_mode(False)
-    res = task.evaluate(images, None)
+    res = task.evaluate(Batch(images))
     task.sample(5, torch.Generator().manual_seed(1))
     task.interpolate(2, 3, torch.Generator().manual_seed(1))
     after = {k: v for name, m in task.modules.items() for k, v in m.state_dict(prefix=name).items()}

@@ -37,8 +37,8 @@ def test_report_has_every_section_with_measured_and_paper_numbers(report):
         assert heading in md
     # Measured rows and the papers' rows side by side.
     for row in ("| dcgan |", "| capsulegan-bce |", "| capsulegan-margin |", "| real-vs-real floor |",
-                "| capsulegan-margin (A) vs dcgan (B) |", "| paper 001, MNIST |", "| paper 001, CIFAR-10 |",
-                "| labelled-only (no unlabelled images) |", "paper 001, MNIST: CapsuleGAN"):
+                "| capsulegan-margin (A) vs dcgan (B) |", "| Jaiswal et al. 2018, MNIST |", "| Jaiswal et al. 2018, CIFAR-10 |",
+                "| labelled-only (no unlabelled images) |", "Jaiswal et al. 2018, MNIST: CapsuleGAN"):
         assert row in md, row
     assert "0.79" in md and "0.2724" in md                      # the paper's GAM and table 1 numbers
     assert "capsgen reproduce capsulegan --out" in md          # the exact command
@@ -101,7 +101,8 @@ def test_real_unlabelled_row_uses_what_is_left_when_labelled_subsets_overlap_lit
     # images, so fewer than `generated` remain: the row uses all of them, none labelled.
     from capsgen.data import load_split
     from capsgen.eval.semisup import stratified_labelled_subset
-    from capsgen.reproduce.capsulegan import Settings, real_unlabelled, semisup_real_row
+    from capsgen.reproduce.capsulegan.run import real_unlabelled, semisup_real_row
+    from capsgen.reproduce.capsulegan.spec import Settings
 
     s = Settings(data="digits", budget=0.01, out="unused", labelled=(400, 800), generated=1000,
                  semisup_test_n=100)
