@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capsgen.data import bundled, celeba, cifar, folder, idx, shapes
-from capsgen.data.base import SPLITS, ImageData
-from capsgen.errors import ConfigError
+from capsgen.data.base import SPLITS, ImageData, one_line, os_reason
+from capsgen.errors import ConfigError, DataError
 
 # A loader takes (data_dir or the spec's default dir or None, split, image_size, limit) and
 # returns the split with images already limited and resized; the registry fills in name/split.
@@ -84,14 +84,21 @@ def load_split(
     Returns uint8 images ``[N, H, W, C]`` (H = W = ``image_size`` when given: centre crop + resize),
     at most ``limit`` of them (the first ones, in the split's fixed order).  ``data_dir``
     defaults to the dataset's default directory.  Raises ConfigError for an unknown name,
-    split or option, DataError for missing or bad files; arrays may be read-only (cached).
+    split or option, DataError (one line) for missing, bad or unreadable files and for data
+    too large for memory; arrays may be read-only (cached).
     """
     spec = get_spec(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
     image_size, limit = _positive("image_size", image_size), _positive("limit", limit)
     directory = data_dir if data_dir is not None else spec.default_dir
-    data = spec.loader(None if directory is None else Path(directory), split, image_size, limit)
+    try:
+        data = spec.loader(None if directory is None else Path(directory), split, image_size, limit)
+    except MemoryError:  # readers check their sizes first; this is the last line of defence
+        raise DataError(f"{directory or spec.name}: not enough memory to load the {split} split of "
+                        f"{spec.name}; read fewer or smaller images (limit, image_size)") from None
+    except OSError as exc:  # likewise: a reader should have named the problem itself
+        raise DataError(one_line(f"{exc.filename or directory or spec.name}: {os_reason(exc)}")) from None
     data.name, data.split = spec.name, split
     return data
 

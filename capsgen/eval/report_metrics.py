@@ -16,7 +16,6 @@ Features come from :mod:`capsgen.eval.evaluator` (a capsgen classifier, not Ince
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,38 +29,24 @@ MIN_SAMPLES = 10        # PR needs k + 1 = 4 points, DC k + 1 = 6; fewer than 10
 
 
 def read_samples_npz(path: str | os.PathLike) -> np.ndarray:
-    """The uint8 ``[N, H, W, C]`` array ``images`` of a .npz file; one-line CapsgenError otherwise."""
-    path = Path(path)
+    """The uint8 ``[N, H, W, C]`` array ``images`` of a .npz file; one-line CapsgenError otherwise.
+
+    Read with :func:`capsgen.data.npz.read_npz_array`: never a pickle, and memory bounded by
+    what the archive really holds (no zip bomb or lying header can make it allocate more).
+    """
+    from capsgen.data.npz import read_npz_array
+
     how = "save them with numpy.savez(FILE, images=uint8 array [N, H, W, C])"
-    if not path.is_file():
-        raise CapsgenError(f"{path}: file not found")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(6)
-    except OSError as exc:
-        raise CapsgenError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if magic == b"\x93NUMPY":
-        raise CapsgenError(f"{path}: a single .npy array, not an .npz archive; {how}")
-    if not magic.startswith(b"PK"):     # .npz files are zip archives of .npy arrays
-        raise CapsgenError(f"{path}: not an .npz archive (no zip header); {how}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "images" not in f.files:
-                found = ", ".join(f.files) or "nothing"
-                raise CapsgenError(f"{path}: no array named 'images' (found: {found}); {how}")
-            images = f["images"]
-    except CapsgenError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        raise CapsgenError(f"{path}: not a readable .npz file ({why})") from None
-    if images.dtype != np.uint8:
-        raise CapsgenError(f"{path}: 'images' must be uint8 (0..255), got {images.dtype}; "
-                           "convert floats in [0, 1] with (x * 255).round().astype(numpy.uint8)")
-    if images.ndim != 4:
-        hint = "; add a channel axis with images[..., None]" if images.ndim == 3 else ""
-        raise CapsgenError(f"{path}: 'images' must be 4-D [N, H, W, C], got shape {list(images.shape)}{hint}")
-    return images
+
+    def check(dtype: np.dtype, shape: tuple[int, ...]) -> None:  # from the header, before any data
+        if dtype != np.uint8:
+            raise CapsgenError(f"{path}: 'images' must be uint8 (0..255), got {dtype}; "
+                               "convert floats in [0, 1] with (x * 255).round().astype(numpy.uint8)")
+        if len(shape) != 4:
+            hint = "; add a channel axis with images[..., None]" if len(shape) == 3 else ""
+            raise CapsgenError(f"{path}: 'images' must be 4-D [N, H, W, C], got shape {list(shape)}{hint}")
+
+    return read_npz_array(path, "images", how, check)
 
 
 def _check_images(images: Any, hwc: tuple[int, int, int], data: str, source: str) -> np.ndarray:
