@@ -202,6 +202,15 @@ def test_idx_gzip_followed_by_a_bomb_of_garbage(tmp_path):
     assert_refused_cheaply(out, path, "corrupt gzip data", max_growth_mb=32)
 
 
+def test_idx_plain_file_larger_than_declared_is_refused_unread(tmp_path):
+    write_idx_dataset(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "r+b") as f:
+        f.truncate(5 << 30)  # sparse: 5 GiB that cost no disk
+    out = run_bounded(f"load_split('mnist', 'train', {str(tmp_path)!r})")
+    assert_refused_cheaply(out, path, "more data than the header sizes (12, 28, 28) declare", max_growth_mb=16)
+
+
 @pytest.mark.slow
 def test_idx_large_valid_gzip_loads_without_a_second_copy(tmp_path):
     # 1,000,000 blank images (784 MB) really present in a 0.8 MB gzip: a valid file.  It must
@@ -288,6 +297,24 @@ def test_cifar_forged_arrays_never_reach_numpy(tmp_path, array, fragment):
     path = _cifar_test_batch(tmp_path, {b"data": array, b"labels": [0]})
     out = run_bounded(f"load_split('cifar10', 'test', {str(tmp_path)!r})")
     assert_refused_cheaply(out, path, fragment)
+
+
+class _HugeShape:
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"), (1, (10**5000,), np.dtype("u1"), False, b""))
+
+
+@pytest.mark.parametrize("batch, fragment", [
+    # str() of an int beyond 4,300 digits raises ValueError: messages must not try it.
+    ({b"data": np.zeros((1, IMAGE_BYTES), np.uint8), b"labels": [2**100_000]}, "label a 100001-bit integer"),
+    ({b"data": _HugeShape(), b"labels": [0]}, "malformed numpy array shape (a 16610-bit integer)"),
+])
+def test_cifar_values_too_large_to_print(tmp_path, batch, fragment):
+    path = _cifar_test_batch(tmp_path, batch)
+    with refused(path, fragment):
+        load_split("cifar10", "test", tmp_path)
 
 
 def test_cifar_oversized_file_is_refused_unread(tmp_path):

@@ -139,11 +139,28 @@ def file_kind(mode: int) -> str:
 
 
 def fmt_bytes(n: int) -> str:
-    """``1536`` -> ``"1.5 KiB"``: sizes in messages."""
+    """``1536`` -> ``"1.5 KiB"``: sizes in messages (a forged header can declare any number)."""
+    if n >= 1 << 70:
+        return f"about 2^{n.bit_length() - 1} bytes"
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift:
             return f"{n / (1 << shift):.1f} {unit}"
     return f"{n} bytes"
+
+
+def brief(value: object, chars: int = 40) -> str:
+    """A short, safe rendering of a value read from an untrusted file, for messages.
+
+    Never ``str()`` of a huge int (Python refuses beyond 4,300 digits) or ``repr()`` of a huge
+    string or container (it could be gigabytes): long values are cut, containers only named.
+    """
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 64 else f"a {value.bit_length()}-bit integer"
+    if isinstance(value, (str, bytes, bytearray)):
+        return repr(value[:chars]) + ("..." if len(value) > chars else "")
+    return f"a {type(value).__name__}"
 
 
 # ----------------------------------------------------------------------------- paths and files
@@ -240,9 +257,20 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
             raise data_error(path, f"is a {file_kind(mode)}, not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
+    except OSError as exc:
+        os.close(fd)
+        raise data_error(path, f"cannot open ({os_reason(exc)})") from None
     except BaseException:
         os.close(fd)
         raise
+
+
+def file_size(f: BinaryIO, path: str | os.PathLike) -> int:
+    """Size in bytes of the open regular file ``f`` (DataError naming ``path`` on an I/O error)."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise data_error(path, f"cannot read ({os_reason(exc)})") from None
 
 
 def too_big(size: int, limit: int, what: str) -> str:
@@ -252,7 +280,7 @@ def too_big(size: int, limit: int, what: str) -> str:
 def read_bounded(path: Path, limit: int, what: str) -> bytes:
     """The whole of a regular file, refused (before reading) when it is larger than ``limit`` bytes."""
     with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
+        size = file_size(f, path)
         if size > limit:
             raise data_error(path, too_big(size, limit, what))
         try:
@@ -331,7 +359,7 @@ def read_text(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     ``limit`` bytes once decompressed: a gzip bomb is cut off there, having cost ``limit`` bytes."""
     with open_regular(path) as f:
         stream = ByteStream(f, path, gz=True if path.suffix == ".gz" else None)
-        size = os.fstat(f.fileno()).st_size
+        size = file_size(f, path)
         if not stream.gz and size > limit:  # a plain file's size is known: refuse it unread
             raise data_error(path, f"{what} is larger than the {fmt_bytes(limit)} this reader accepts")
         raw = bytearray()

@@ -15,6 +15,7 @@ import numpy as np
 
 from capsgen.data.base import (
     ImageData,
+    brief,
     data_error,
     decode_images,
     iter_dir,
@@ -106,7 +107,7 @@ def read_partition(path: Path, files: list[str]) -> np.ndarray:
             part[i] = int(fields[1])
     missing = np.flatnonzero(part < 0)
     if missing.size:
-        raise data_error(path, f"has no partition for {missing.size} listed image(s), e.g. {files[missing[0]]}")
+        raise data_error(path, f"has no partition for {missing.size} listed image(s), e.g. {brief(files[missing[0]], 80)}")
     return part
 
 
@@ -144,7 +145,7 @@ def load_celeba(
     present = {e.name for e in iter_dir(image_dir) if e.name in wanted}
     if len(present) != len(wanted):
         missing = [f for f in files if f not in present]
-        raise data_error(image_dir / missing[0], f"listed in {ATTR_FILE} but missing "
+        raise data_error(image_dir / missing[0][:200], f"listed in {ATTR_FILE} but missing "
                                                  f"({len(missing)} listed file(s) missing in total)")
     idx = split_indices(root, files, split)
     if limit is not None:

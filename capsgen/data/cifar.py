@@ -25,6 +25,7 @@ import numpy as np
 
 from capsgen.data.base import (
     ImageData,
+    brief,
     data_error,
     file_key,
     finish,
@@ -149,13 +150,13 @@ def _to_dtype(path: Path, spec: object) -> np.dtype:
         raise data_error(path, f"array dtype is a {type(spec).__name__}, not a numpy dtype")
     code = spec.code.decode("ascii", "replace") if isinstance(spec.code, bytes) else spec.code
     if code not in _DTYPE_CODES:
-        raise data_error(path, f"array dtype {str(code)[:20]!r} is not allowed (only plain numbers: "
+        raise data_error(path, f"array dtype {brief(code, 20)} is not allowed (only plain numbers: "
                                f"{', '.join(sorted(_DTYPE_CODES))})")
     dtype = np.dtype(code)
     order = spec.state[1] if isinstance(spec.state, tuple) and len(spec.state) > 1 else "|"
     order = order.decode("ascii", "replace") if isinstance(order, bytes) else order
     if order not in ("<", ">", "|", "="):
-        raise data_error(path, f"array dtype has an unknown byte order {str(order)[:10]!r}")
+        raise data_error(path, f"array dtype has an unknown byte order {brief(order, 10)}")
     return dtype.newbyteorder(order) if order in "<>" else dtype
 
 
@@ -170,8 +171,9 @@ def _to_array(path: Path, spec: _PickledArray) -> np.ndarray:
         shape, dtype, fortran, raw = spec.shape, spec.dtype, spec.order in ("F", b"F"), spec.buffer
     dtype = _to_dtype(path, dtype)
     if (not isinstance(shape, tuple) or len(shape) > 32
-            or not all(type(d) is int and d >= 0 for d in shape)):
-        raise data_error(path, f"malformed numpy array shape {str(shape)[:60]}")
+            or not all(type(d) is int and 0 <= d < 1 << 62 for d in shape)):
+        what = brief(shape) if not isinstance(shape, tuple) else ", ".join(brief(d, 10) for d in shape[:6])
+        raise data_error(path, f"malformed numpy array shape ({what})")
     if not isinstance(raw, (bytes, bytearray)):
         raise data_error(path, f"numpy array data is a {type(raw).__name__}, not bytes")
     need = math.prod(shape) * dtype.itemsize
@@ -247,7 +249,7 @@ def _labels(path: Path, labels: object, n: int) -> np.ndarray:
                                    f"{type(values[bad]).__name__})")
     bad = next((i for i, v in enumerate(values) if not 0 <= v <= 9), None)
     if bad is not None:
-        raise data_error(path, f"label {values[bad]} at index {bad} is outside 0..9")
+        raise data_error(path, f"label {brief(int(values[bad]))} at index {bad} is outside 0..9")
     return np.array(values, dtype=np.int64)
 
 
@@ -273,8 +275,9 @@ def read_class_names(path: Path) -> list[str]:
     if stat_path(path) is None:
         return list(CIFAR_CLASSES)
     names = _field(path, safe_load(path), "label_names")
-    if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, (bytes, str)) for n in names):
-        raise data_error(path, "'label_names' must be a list of 10 names")
+    if (not isinstance(names, list) or len(names) != 10
+            or not all(isinstance(n, (bytes, str)) and 0 < len(n) <= 200 for n in names)):
+        raise data_error(path, "'label_names' must be a list of 10 names (of 1 to 200 characters)")
     try:
         return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
     except UnicodeDecodeError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from capsgen.data.base import (
     check_memory,
     data_error,
     file_key,
+    file_size,
     finish,
     fmt_bytes,
     frozen,
@@ -92,9 +92,12 @@ def _check_declared(path: Path, dims: tuple[int, ...], magic: int, stream: ByteS
     file's content is known only by decompressing it, so there the limits are what protect us.
     """
     kind, expected = _kind(magic), math.prod(dims)
-    if not stream.gz and size - (4 + 4 * len(dims)) < expected:
-        raise data_error(path, f"truncated: header sizes {dims} need {expected} bytes of data, "
-                               f"found {size - (4 + 4 * len(dims))}")
+    found = size - (4 + 4 * len(dims))
+    if not stream.gz and found < expected:
+        raise data_error(path, f"truncated: header sizes {dims} need {expected} bytes of data, found {found}")
+    if not stream.gz and found > expected:
+        raise data_error(path, f"more data than the header sizes {dims} declare ({expected} bytes; "
+                               f"the file holds {found})")
     if dims[0] > MAX_IDX_ITEMS:
         raise data_error(path, f"header declares {dims[0]:,} items, more than the {MAX_IDX_ITEMS:,} "
                                f"an {kind} file may hold")
@@ -109,7 +112,7 @@ def read_idx_header(path: Path, magic: int) -> tuple[int, ...]:
     with open_regular(path) as f:
         stream = ByteStream(f, path, gz=True if path.suffix == ".gz" else None)
         dims = _read_header(stream, path, magic)
-        _check_declared(path, dims, magic, stream, os.fstat(f.fileno()).st_size)
+        _check_declared(path, dims, magic, stream, file_size(f, path))
     return dims
 
 
@@ -127,7 +130,7 @@ def _read_idx_cached(key: tuple[str, int, int], magic: int) -> np.ndarray:
     with open_regular(path) as f:
         stream = ByteStream(f, path, gz=True if path.suffix == ".gz" else None)
         dims = _read_header(stream, path, magic)
-        expected = _check_declared(path, dims, magic, stream, os.fstat(f.fileno()).st_size)
+        expected = _check_declared(path, dims, magic, stream, file_size(f, path))
         check_memory(path, expected, f"the {_kind(magic)}")
         # Read at most one byte more than declared: the buffer grows with what the file really
         # holds (a lying header costs nothing), and one extra byte detects trailing garbage.

@@ -126,6 +126,8 @@ def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                                f"the {fmt_bytes(MAX_NPZ_ARRAY_BYTES)} this reader accepts")
     with zf.open(info) as fp:
         dtype, shape, fortran, header = _read_header(path, fp, name)
+        if any(d < 0 for d in shape):
+            raise data_error(path, f"member {name} has a negative size in its shape {list(shape)}")
         if check is not None:
             check(dtype, shape)
         nbytes = math.prod(shape) * dtype.itemsize
