@@ -349,7 +349,7 @@ def test_conv_full_kernel_equals_dense_layer_for_vector_poses():
         dense.weight.copy_(conv.weight.transpose(2, 3))
         dense.coupling.copy_(conv.coupling[0, 0])
     x = rand(2, Cin, k, k, Din, seed=35)
-    u = x.permute(0, 1, 2, 3, 4).reshape(2, Cin * k * k, Din)
+    u = x.reshape(2, Cin * k * k, Din)   # (cin, ky, kx) order
     assert torch.allclose(conv(x)[:, :, 0, 0], dense(u), rtol=1e-12, atol=1e-14)
 
 

@@ -45,6 +45,12 @@ tests/test_gcapsnet_nets.py compares them with the built networks):
   3x3 windows, (3,3,16) x (7,7,8) = 56,448; routing over the 4x4 windows the transforms produce
   (as the authors' prototxt does) has 4*4*16 x 7*7*8 = 100,352 coefficients. Our total is
   therefore 760,896 (761K), not 716K.
+
+Other choices: the ReLU before the squash (``caps_relu``) is on only in ``multilayer``, the one
+network for which the paper mentions it (the authors' MNIST-conv and CIFAR-FC prototxts also have
+one). The margin loss keeps Sabour's m+ = 0.9, m- = 0.1, lambda = 0.5, as the paper says (the
+prototxts use m+ = 0.7 or 0.6). No decoder on CIFAR-10. Poses of the conv class layer are row-major
+pose matrices flattened to vectors, so the decoder and the lengths treat them like vectors.
 """
 from __future__ import annotations
 
