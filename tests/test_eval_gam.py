@@ -87,3 +87,17 @@ def test_gam_rejects_bad_accuracies():
         gam_ratios(1.2, 0.5, 0.9, 0.9)
     with pytest.raises(ValueError):
         gam_ratios(0.5, 0.5, 0.9, 0.9, tol=-0.1)
+
+
+def test_im2016_reading_has_no_tolerance_on_r_samples():
+    # r_samples = 0.97, r_test = 1.0: inside capsgen's tolerance (tie), but Im et al.'s rule only
+    # asks r_samples < 1 with r_test ~ 1, so A wins by their reading.
+    out = gam_ratios(0.485, 0.5, 0.9, 0.9, tol=0.05)
+    assert out["r_samples"] == pytest.approx(0.97) and out["r_test"] == 1.0
+    assert out["verdict"] == VERDICT_TIE and out["verdict_im2016"] == VERDICT_A
+    out = gam_ratios(0.515, 0.5, 0.9, 0.9, tol=0.05)              # r_samples = 1.03
+    assert out["verdict"] == VERDICT_TIE and out["verdict_im2016"] == VERDICT_B
+    assert gam_ratios(0.5, 0.5, 0.9, 0.9)["verdict_im2016"] == VERDICT_TIE          # exactly 1
+    # the tolerance still applies to r_test: 0.72 is no win for anyone (the paper's CIFAR-10 tie)
+    assert gam_ratios(0.3, 0.5, 0.72, 1.0)["verdict_im2016"] == VERDICT_TIE
+    assert gam_ratios(0.3, 0.0, 0.9, 0.9)["verdict_im2016"] == VERDICT_B           # inf > 1
