@@ -127,19 +127,23 @@ def _unlabelled_images(source: str | Path | np.ndarray, data: str | None, genera
 
 def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: tuple[int, ...] = SEMISUP_LABELLED,
             generated: int = SEMISUP_GENERATED, seed: int = 0, data_dir: str | None = None,
-            test_n: int | None = None, progress: bool = True) -> dict[str, Any]:
+            test_n: int | None = None, progress: bool = True, draw: str = "balanced") -> dict[str, Any]:
     """Label Spreading test error with n labelled real images + ``generated`` unlabelled ones.
 
     ``source`` is a generative run, a .npz of uint8 [N, H, W, C] samples, such an array (e.g.
-    real images, for a reference row) or None for the "no unlabelled data" baseline. Each labelled set is a class-balanced subset of the real
-    training split (seeded); the error is measured on the first ``test_n`` real test images
-    (default all). Returns ``{"rows": [{"labelled", "error", "seconds"}], ...}``.
+    real images, for a reference row) or None for the "no unlabelled data" baseline. Each
+    labelled set is a seeded subset of the real training split, drawn ``draw="balanced"`` over
+    the classes or ``"random"`` (uniformly, as Jaiswal et al. do); the error is measured on the
+    first ``test_n`` real test images (default all). Returns ``{"rows": [{"labelled", "error",
+    "seconds"}], ...}``.
     """
     from capsgen.data import load_split
-    from capsgen.eval.semisup import label_spreading_error, stratified_labelled_subset
+    from capsgen.eval.semisup import LABELLED_DRAWS, label_spreading_error, labelled_subset
 
     if generated < 0:
         raise CapsgenError(f"--generated must be >= 0, got {generated}")
+    if draw not in LABELLED_DRAWS:
+        raise CapsgenError(f"unknown labelled draw {draw!r}; choose one of: {', '.join(LABELLED_DRAWS)}")
     if not labelled or min(labelled) < 1:
         raise CapsgenError(f"--labelled must list positive counts, e.g. 100,1000,10000; got {labelled}")
     kind = "none"
@@ -163,7 +167,7 @@ def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: 
     y_test = test.labels[:t]
     rows = []
     for n in labelled:
-        idx = stratified_labelled_subset(train.labels, n, seed)
+        idx = labelled_subset(train.labels, n, seed, draw)
         xl = train.images[idx].reshape(n, -1).astype(np.float32) / 255.0
         t0 = time.perf_counter()
         if progress:
@@ -174,6 +178,7 @@ def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: 
     name = None if source is None else "array" if isinstance(source, np.ndarray) else str(source)
     return {"source": name, "kind": kind, "data": data,
             "generated": 0 if unl is None else len(unl), "test_images": t, "seed": seed,
+            "labelled_draw": draw,
             "method": "sklearn LabelSpreading(kernel='knn', n_neighbors=7) on raw pixels in [0, 1]",
             "rows": rows}
 

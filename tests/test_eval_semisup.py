@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from capsgen.eval.semisup import label_spreading_error, stratified_labelled_subset
+from capsgen.eval.semisup import (label_spreading_error, labelled_subset, random_labelled_subset,
+                                  stratified_labelled_subset)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,6 +39,27 @@ def test_stratified_subset_is_balanced_and_reproducible():
         stratified_labelled_subset(y, 5, seed=0)      # fewer than the 10 classes
     with pytest.raises(ValueError):
         stratified_labelled_subset(y, 310, seed=0)    # 31 per class, only 30 exist
+
+
+def test_random_subset_is_uniform_not_balanced_and_reproducible():
+    y = np.repeat(np.arange(10), 300)
+    idx = random_labelled_subset(y, 100, seed=0)
+    assert len(idx) == 100 == len(set(idx.tolist())) and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(idx, random_labelled_subset(y, 100, seed=0))
+    assert not np.array_equal(idx, random_labelled_subset(y, 100, seed=1))
+    # drawn at random, class counts vary (a balanced draw would give 10 each every time) ...
+    counts = np.array([np.bincount(y[random_labelled_subset(y, 100, seed=s)], minlength=10)
+                       for s in range(200)])
+    assert (counts != 10).any(axis=1).mean() > 0.95
+    # ... around the class frequencies: 10 +- sqrt(100 * 0.1 * 0.9) = 3 per class
+    assert abs(counts.mean() - 10) < 0.01 and 2.4 < counts.std() < 3.4
+    assert len(random_labelled_subset(y, 5, seed=0)) == 5          # fewer than the classes is allowed
+    with pytest.raises(ValueError):
+        random_labelled_subset(y, 3001, seed=0)
+    np.testing.assert_array_equal(labelled_subset(y, 50, 2, "random"), random_labelled_subset(y, 50, 2))
+    np.testing.assert_array_equal(labelled_subset(y, 50, 2, "balanced"), stratified_labelled_subset(y, 50, 2))
+    with pytest.raises(ValueError, match="unknown labelled draw"):
+        labelled_subset(y, 50, 2, "stratified")
 
 
 def test_label_spreading_on_digits_beats_chance(digits):

@@ -93,6 +93,33 @@ def stratified_labelled_subset(y, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def random_labelled_subset(y, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` examples of ``y`` [N] drawn uniformly without replacement, sorted ascending.
+
+    Jaiswal et al. (section 5.4) draw their n labelled images at random, so small n need not hold
+    every class equally often (or at all): with n = 100 of MNIST a class gets 10 +- 3 images.
+    Reproducible from ``seed``; raises if n is not between 1 and N.
+    """
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    y = _labels(np.asarray(y).reshape(-1), np.asarray(y).size, "y")
+    if not 1 <= n <= y.size:
+        raise MetricInputError(f"n must be between 1 and the number of examples ({y.size}), got {n}")
+    return np.sort(np.random.default_rng(seed).choice(y.size, n, replace=False))
+
+
+LABELLED_DRAWS = ("random", "balanced")
+
+
+def labelled_subset(y, n: int, seed: int = 0, draw: str = "random") -> np.ndarray:
+    """``n`` labelled indices of ``y``: ``draw="random"`` (the paper's) or ``"balanced"`` over classes."""
+    if draw == "random":
+        return random_labelled_subset(y, n, seed)
+    if draw == "balanced":
+        return stratified_labelled_subset(y, n, seed)
+    raise ValueError(f"unknown labelled draw {draw!r}; choose one of: {', '.join(LABELLED_DRAWS)}")
+
+
 def label_spreading_error(x_labelled, y_labelled, x_unlabelled, x_test, y_test,
                           n_neighbors: int = 7, max_iter: int = 30, seed: int = 0) -> float:
     """Test error of Label Spreading fitted on labelled real + unlabelled (generated) images.
