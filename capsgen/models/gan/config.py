@@ -13,7 +13,8 @@ from capsgen.config import FamilyConfig, opt
 GENERATORS = ("dcgan", "karmakar")
 SCHEDULES = ("joint", "alternate")
 DISCRIMINATORS = ("conv", "caps-dense", "caps1", "caps2")
-OBJECTIVES = ("bce", "margin", "lsgan")
+OBJECTIVES = ("bce", "margin", "lsgan", "hinge")
+AUGMENTS = ("none", "translation", "cutout", "translation,cutout")
 
 # Paper-size CapsNet discriminators (the CPU defaults below are much smaller).
 _KARMAKAR_D = ("model.discriminator=caps-dense", "model.d_conv_channels=256", "model.d_conv_kernel=9",
@@ -25,9 +26,12 @@ _JAISWAL_D = ("model.d_conv_channels=256", "model.d_conv_kernel=9", "model.d_con
               "model.d_primary_stride=2", "model.d_caps_dim=16", "model.d_routing=3")
 # Adam(2e-4, beta1 = 0.5) for both networks (Karmakar gives 2e-4; Jaiswal et al. give no rates).
 _PAPER_OPT = ("model.lr=2e-4", "model.lr_d=none", "model.beta1=0.5", "model.beta2=0.999")
-# Karmakar: 16 real + 16 generated per batch, D and G batches alternate, BCE.
+# Karmakar: 16 real + 16 generated per batch, D and G batches alternate, BCE, 10,000 iterations
+# ("We use a batch size of 32 for 10000 epochs"; one batch trains either D or G, so an "epoch"
+# there is one step here).
 _KARMAKAR_TRAIN = ("model.generator=karmakar", "model.g_channels=128,64,32,3", "model.objective=bce",
-                   "model.schedule=alternate", "model.n_dis=1", *_PAPER_OPT, "train.batch_size=16")
+                   "model.schedule=alternate", "model.n_dis=1", *_PAPER_OPT, "train.batch_size=16",
+                   "train.steps=10000")
 _DCGAN_G = ("model.generator=dcgan", "model.g_width=64", "model.g_norm=batch", "model.schedule=joint",
             "model.n_dis=1", *_PAPER_OPT)
 
@@ -51,6 +55,9 @@ class GANConfig(FamilyConfig):
     d_extra_layers: int = opt(0, min=0)           # conv: extra 3x3 stride-1 layers
     d_conv_channels: int = opt(64, min=1)         # capsule discriminators (paper: 256)
     d_conv_kernel: int = opt(9, min=1)
+    # stride of the capsule discriminator's first conv: 2 cuts that conv's output (and so the
+    # primary-capsule conv's input and cost) about 4x; lower d_primary_kernel to fit what is left
+    d_conv_stride: int = opt(1, min=1)
     d_conv_act: str = opt("relu", choices=("relu", "prelu", "leaky"))          # relu | prelu | leaky
     d_primary_caps: int = opt(8, min=1)           # paper: 32
     d_primary_dim: int = opt(8, min=1)
@@ -62,7 +69,14 @@ class GANConfig(FamilyConfig):
     d_grad_through_routing: bool = True
     d_caps_init_std: float = opt(0.01, gt=0)     # std of the capsule transforms W_ij (Sabour: 0.01)
     d_dense: int = opt(64, min=1)                 # caps-dense: hidden dense layer
-    objective: str = opt("bce", choices=OBJECTIVES)            # bce | margin | lsgan
+    # spectral normalisation (Miyato et al. 2018) of every conv and dense layer of D (not of the
+    # capsule transforms W_ij, which are [I, J, D_out, D_in] tensors, not one linear map)
+    d_spectral_norm: bool = False
+    # DiffAugment (Zhao et al. 2020): translation by up to 1/8 of the side and/or cutout of a
+    # half-side square, on the real and the fake images D sees (the G step's fakes too), drawn
+    # from the step's generator
+    diffaugment: str = opt("none", choices=AUGMENTS)
+    objective: str = opt("bce", choices=OBJECTIVES)            # bce | margin | lsgan | hinge
     m_pos: float = opt(0.9, min=0, max=1)
     m_neg: float = opt(0.1, min=0, max=1)
     lam: float = opt(0.5, min=0)

@@ -20,6 +20,9 @@ Goodfellow et al. and eq. 3 of Jaiswal et al. are sums of two expectations):
   L_M(D(G(z)), T=1), which drops the down-weighting factor lambda from the generator's loss.
 - ``lsgan`` (Mao et al., a = 0, b = c = 1): D minimises 1/2 E (D(x) - 1)^2 + 1/2 E D(G(z))^2;
   G minimises 1/2 E (D(G(z)) - 1)^2, on the raw logit or on P(real) for capsule outputs.
+- ``hinge`` (Lim & Ye; Miyato et al. 2018): D minimises E max(0, 1 - r(x)) + E max(0, 1 + r(G(z)));
+  G minimises -E r(G(z)), where r is :func:`real_logit` (the logit, or a capsule output's
+  log-odds log P(real) - log P(fake)).
 """
 from __future__ import annotations
 
@@ -120,7 +123,18 @@ def lsgan_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return 0.5 * F.mse_loss(fake_scores, torch.ones_like(fake_scores))
 
 
-OBJECTIVES = ("bce", "margin", "lsgan")
+# ----------------------------------------------------------------------------------- hinge
+def hinge_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """mean max(0, 1 - real) + mean max(0, 1 + fake); scores [B]."""
+    return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+
+
+def hinge_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-mean fake; scores [B]."""
+    return -fake_scores.mean()
+
+
+OBJECTIVES = ("bce", "margin", "lsgan", "hinge")
 
 Loss = Callable[..., torch.Tensor]
 
@@ -135,4 +149,6 @@ def objective(name: str, m_pos: float = 0.9, m_neg: float = 0.1,
         return as_lengths, partial(margin_d_loss, **kw), partial(margin_g_loss, **kw)
     if name == "lsgan":
         return score, lsgan_d_loss, lsgan_g_loss
+    if name == "hinge":
+        return real_logit, hinge_d_loss, hinge_g_loss
     raise ValueError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")

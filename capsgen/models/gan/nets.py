@@ -49,6 +49,22 @@ def _activation(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown activation {kind!r}; choose relu, prelu or leaky")
 
 
+def spectral_normed(module: nn.Module) -> nn.Module:
+    """``module`` with spectral normalisation (Miyato et al. 2018) on every Conv2d and Linear.
+
+    Each weight is divided by an estimate of its largest singular value, refreshed by one power
+    iteration per training-mode forward (u, v are buffers, so they are checkpointed and a resumed
+    run continues them). Other parameters (capsule transforms, PReLU slopes, batch norm) are left
+    as they are. Returns ``module`` itself, changed in place.
+    """
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            spectral_norm(m)
+    return module
+
+
 # --------------------------------------------------------------------------------- generators
 class DCGANGenerator(nn.Module):
     """Radford et al.'s generator: z [B, latent_dim] -> images [B, C, H, W] in [-1, 1].
@@ -161,7 +177,7 @@ class DCGANDiscriminator(nn.Module):
 class CapsuleDiscriminator(nn.Module):
     """CapsNet discriminator: images [B, C, H, W] in [-1, 1] -> [B, 1] logits or [B, K] lengths.
 
-    conv (``conv_channels``, ``conv_kernel``) + activation -> primary capsules
+    conv (``conv_channels``, ``conv_kernel``, ``conv_stride``) + activation -> primary capsules
     (``primary_caps`` types x ``primary_dim``-D, ``primary_kernel``, ``primary_stride``)
     -> ``out_caps`` capsules of ``out_dim`` dimensions by dynamic routing, then
 
@@ -178,6 +194,9 @@ class CapsuleDiscriminator(nn.Module):
 
     ``init_std`` of the capsule transforms is Sabour's 0.01: output capsules then start short
     (the squash is quadratic near 0), so the discriminator starts slowly; raise it to start faster.
+
+    ``conv_stride`` 2 (not in either paper) halves the first conv's output map on each side, so
+    the primary-capsule conv, most of the discriminator's cost, sees a quarter of the positions.
     """
 
     def __init__(self, shape: tuple[int, int, int], conv_channels: int = 256, conv_kernel: int = 9,
@@ -185,18 +204,20 @@ class CapsuleDiscriminator(nn.Module):
                  primary_kernel: int = 9, primary_stride: int = 2, out_caps: int = 10,
                  out_dim: int = 16, routing_iterations: int = 3, head: str = "dense",
                  dense: int = 64, grad_through_routing: bool = True, squash: str = "sabour",
-                 init_std: float = 0.01):
+                 init_std: float = 0.01, conv_stride: int = 1):
         super().__init__()
         C, H, W = shape
         if head not in ("dense", "length"):
             raise ValueError(f"unknown capsule head {head!r}; choose dense or length")
-        h = (H - conv_kernel + 1 - primary_kernel) // primary_stride + 1
-        w = (W - conv_kernel + 1 - primary_kernel) // primary_stride + 1
-        if H - conv_kernel + 1 < primary_kernel or W - conv_kernel + 1 < primary_kernel:
-            raise ValueError(f"input {H}x{W} is too small for kernels {conv_kernel} and {primary_kernel} "
-                             "(lower d_conv_kernel / d_primary_kernel)")
+        ch, cw = (H - conv_kernel) // conv_stride + 1, (W - conv_kernel) // conv_stride + 1
+        if min(ch, cw) < primary_kernel or min(H, W) < conv_kernel:
+            stride = f" stride {conv_stride}," if conv_stride != 1 else ""
+            raise ValueError(f"input {H}x{W} is too small for kernels {conv_kernel} and {primary_kernel}"
+                             f"{stride} (lower d_conv_kernel / d_primary_kernel)")
+        h = (ch - primary_kernel) // primary_stride + 1
+        w = (cw - primary_kernel) // primary_stride + 1
         self.kind = "logit" if head == "dense" else "length"
-        self.conv = nn.Conv2d(C, conv_channels, conv_kernel)
+        self.conv = nn.Conv2d(C, conv_channels, conv_kernel, conv_stride)
         self.act = _activation(activation, conv_channels)
         self.primary = PrimaryCapsules(conv_channels, primary_caps, primary_dim, primary_kernel,
                                        primary_stride, squash=squash)

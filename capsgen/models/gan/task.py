@@ -8,8 +8,8 @@ One ``train_step`` gets one batch of B real images from the generic loop and, by
   batch, e.g. 16 + 16 = 32) *or* a generator update (B fakes), in the cycle
   n_dis x D, 1 x G; the real images of a G step are not used.
 
-Every latent draw goes through ``ctx.generator``, so a resumed run is bit-identical to an
-uninterrupted one. Images arrive in [0, 1] and are mapped to [-1, 1] for the tanh generators;
+Every latent draw (and, with ``diffaugment``, every augmentation offset) goes through
+``ctx.generator``, so a resumed run is bit-identical to an uninterrupted one. Images arrive in [0, 1] and are mapped to [-1, 1] for the tanh generators;
 pictures and samples are mapped back.
 
 The family name only picks defaults (and which discriminators are allowed); presets are named
@@ -28,8 +28,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from capsgen.data.batch import Batch
 from capsgen.errors import ConfigError
 from capsgen.models.gan.config import GENERATORS, GANConfig
+from capsgen.models.gan.augment import diff_augment
 from capsgen.models.gan.losses import objective, p_real
-from capsgen.models.gan.nets import CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator, KarmakarGenerator
+from capsgen.models.gan.nets import (CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator, KarmakarGenerator,
+                                     spectral_normed)
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import Discriminating, Generative
 from capsgen.train.distributed import SINGLE, Distributed
@@ -46,13 +48,16 @@ def build_generator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn.Mod
 def build_discriminator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn.Module:
     cfg.validate()
     if cfg.discriminator == "conv":
-        return DCGANDiscriminator(shape, cfg.d_width, cfg.d_norm, cfg.d_extra_layers)
-    head, out_caps = {"caps-dense": ("dense", cfg.d_caps), "caps1": ("length", 1),
-                      "caps2": ("length", 2)}[cfg.discriminator]
-    return CapsuleDiscriminator(shape, cfg.d_conv_channels, cfg.d_conv_kernel, cfg.d_conv_act,
-                                cfg.d_primary_caps, cfg.d_primary_dim, cfg.d_primary_kernel,
-                                cfg.d_primary_stride, out_caps, cfg.d_caps_dim, cfg.d_routing, head,
-                                cfg.d_dense, cfg.d_grad_through_routing, init_std=cfg.d_caps_init_std)
+        d: torch.nn.Module = DCGANDiscriminator(shape, cfg.d_width, cfg.d_norm, cfg.d_extra_layers)
+    else:
+        head, out_caps = {"caps-dense": ("dense", cfg.d_caps), "caps1": ("length", 1),
+                          "caps2": ("length", 2)}[cfg.discriminator]
+        d = CapsuleDiscriminator(shape, cfg.d_conv_channels, cfg.d_conv_kernel, cfg.d_conv_act,
+                                 cfg.d_primary_caps, cfg.d_primary_dim, cfg.d_primary_kernel,
+                                 cfg.d_primary_stride, out_caps, cfg.d_caps_dim, cfg.d_routing, head,
+                                 cfg.d_dense, cfg.d_grad_through_routing, init_std=cfg.d_caps_init_std,
+                                 conv_stride=cfg.d_conv_stride)
+    return spectral_normed(d) if cfg.d_spectral_norm else d
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -112,6 +117,17 @@ class GANTask(Task, Generative, Discriminating):
         z = torch.randn(n * w, self.config.latent_dim, generator=generator)
         return z[r * n:(r + 1) * n].to(self.device)
 
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x [n, C, H, W] in [-1, 1] as D sees it: DiffAugment'ed when ``diffaugment`` is set.
+
+        Offsets are drawn for n x world_size images and this process keeps its n, as ``noise``.
+        """
+        policy = self.config.diffaugment
+        if policy == "none":
+            return x
+        n, w, r = len(x), self.dist.world_size, self.dist.rank
+        return diff_augment(x, policy, generator, total=n * w, rows=slice(r * n, (r + 1) * n))
+
     def _update(self, name: str, loss: torch.Tensor) -> float:
         """Backward + optimizer step; skipped (weights kept) if the loss or gradient is not finite."""
         return self.optimizer_step(name, loss, skip_nonfinite=True)
@@ -121,6 +137,7 @@ class GANTask(Task, Generative, Discriminating):
         n = len(real)
         with torch.no_grad():
             fake = self.G(self.noise(n, generator))
+        real, fake = self.augment(real, generator), self.augment(fake, generator)
         # Two forwards, not one mixed batch: with batch norm a mixed batch gives other statistics
         # than the all-fake batch of the G step, and D then tells G nothing useful. Without batch
         # norm (Karmakar's networks) this is the same as its 16 + 16 mixed batch.
@@ -138,7 +155,7 @@ class GANTask(Task, Generative, Discriminating):
         z = self.noise(n, generator)
         self.D.requires_grad_(False)
         try:
-            out = self.D(self.G(z))
+            out = self.D(self.augment(self.G(z), generator))
             loss = self.g_loss(self.view(out, self.D.kind))
             norm = self._update("generator", loss)
         finally:

@@ -1,0 +1,215 @@
+"""The cheap GAN levers: DiffAugment, hinge objective, spectral norm, strided capsule-D conv, and the
+Karmakar presets' iteration count. Augmentations are checked against loop references written from
+DiffAugment's definition; the rest against hand computations and a resumed run."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from capsgen.cli import main
+from capsgen.data.batch import Batch
+from capsgen.models.gan.augment import (cutout, cutout_size, diff_augment, translate, translation_range)
+from capsgen.models.gan.config import CapsuleGANConfig, DCGANConfig
+from capsgen.models.gan.losses import hinge_d_loss, hinge_g_loss, objective, real_logit
+from capsgen.models.gan.nets import CapsuleDiscriminator
+from capsgen.models.gan.task import GANTask, build_discriminator
+from capsgen.train.checkpoint import read_checkpoint
+from capsgen.train.task import DataInfo, StepContext
+from tests.test_gan_train import TINY_GAN, train, train_rows
+
+
+# ------------------------------------------------------------------------------ DiffAugment
+def translate_loop(x, ty, tx, fill):
+    out = torch.full_like(x, fill)
+    B, C, H, W = x.shape
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                si, sj = i - int(ty[b]), j - int(tx[b])
+                if 0 <= si < H and 0 <= sj < W:
+                    out[b, :, i, j] = x[b, :, si, sj]
+    return out
+
+
+def cutout_loop(x, cy, cx, size, fill):
+    out = x.clone()
+    B, C, H, W = x.shape
+    for b in range(B):
+        for i in range(int(cy[b]) - size[0] // 2, int(cy[b]) - size[0] // 2 + size[0]):
+            for j in range(int(cx[b]) - size[1] // 2, int(cx[b]) - size[1] // 2 + size[1]):
+                if 0 <= i < H and 0 <= j < W:
+                    out[b, :, i, j] = fill
+    return out
+
+
+def test_translate_and_cutout_match_loop_references():
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 6, 7)
+    ty, tx = torch.tensor([0, 2, -3, 6, -1]), torch.tensor([1, -2, 0, 3, -7])
+    torch.testing.assert_close(translate(x, ty, tx, -1.0), translate_loop(x, ty, tx, -1.0), rtol=0, atol=0)
+    cy, cx = torch.tensor([0, 3, 5, 6, 2]), torch.tensor([7, 0, 3, 1, 4])
+    for size in ((3, 4), (2, 2)):
+        torch.testing.assert_close(cutout(x, cy, cx, size, 0.5), cutout_loop(x, cy, cx, size, 0.5), rtol=0, atol=0)
+
+
+def test_augment_gradients():
+    x = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    ty, tx, cy, cx = torch.tensor([1, -2, 0]), torch.tensor([0, 1, -1]), torch.tensor([1, 4, 2]), torch.tensor([0, 2, 5])
+    assert torch.autograd.gradcheck(lambda v: cutout(translate(v, ty, tx), cy, cx, (3, 3)), (x,))
+
+
+def test_diff_augment_draws_from_the_generator_in_the_documented_order():
+    x = torch.randn(4, 1, 28, 28)
+    assert translation_range(28) == 4 and cutout_size(28) == 14 and translation_range(8) == 1
+    state = torch.get_rng_state()
+    out = diff_augment(x, "translation,cutout", torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), state)                       # global RNG untouched
+    g = torch.Generator().manual_seed(7)
+    ty, tx = torch.randint(-4, 5, (4,), generator=g), torch.randint(-4, 5, (4,), generator=g)
+    cy, cx = torch.randint(0, 29, (4,), generator=g), torch.randint(0, 29, (4,), generator=g)
+    torch.testing.assert_close(out, cutout(translate(x, ty, tx), cy, cx, (14, 14)), rtol=0, atol=0)
+    assert not torch.equal(out, diff_augment(x, "translation,cutout", torch.Generator().manual_seed(8)))
+    assert diff_augment(x, "none", torch.Generator()) is x
+    # a 14x14 square, at least its quarter inside the image, is blanked (-1) in each image
+    blank = (diff_augment(x, "cutout", torch.Generator().manual_seed(1)) == -1).sum(dim=(1, 2, 3))
+    assert (blank >= 7 * 7).all() and (blank <= 14 * 14).all()
+    with pytest.raises(ValueError, match="unknown DiffAugment operation"):
+        diff_augment(x, "flip", torch.Generator())
+
+
+def test_diff_augment_rows_of_a_global_batch():
+    # A process holding rows 3..5 of a global batch of 6 augments them as a one-process run would.
+    x = torch.randn(6, 1, 8, 8)
+    whole = diff_augment(x, "translation,cutout", torch.Generator().manual_seed(3))
+    part = diff_augment(x[3:], "translation,cutout", torch.Generator().manual_seed(3), total=6, rows=slice(3, 6))
+    torch.testing.assert_close(part, whole[3:], rtol=0, atol=0)
+
+
+def tiny_task(cls=CapsuleGANConfig, **kw) -> GANTask:
+    torch.manual_seed(0)
+    base = dict(g_width=8, d_width=8, n_fixed=4, d_conv_channels=8, d_conv_kernel=3, d_primary_caps=4,
+                d_primary_kernel=3, d_caps=4, d_dense=16)
+    cfg = cls(**{**base, **kw})
+    return GANTask(cfg, DataInfo("t", (1, 8, 8), None, None, 32), torch.device("cpu"))
+
+
+def test_discriminator_sees_augmented_real_and_fake_images_and_g_gets_gradients_through_them():
+    task = tiny_task(diffaugment="translation,cutout")
+    seen = []
+    task.D.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    real = torch.rand(6, 1, 8, 8) * 2 - 1
+    task.d_step(real, torch.Generator().manual_seed(0))
+    assert [len(s) for s in seen] == [6, 6] and not torch.equal(seen[0], real)
+    assert (seen[0] == -1).sum() >= 6 * 16                  # a 4x4 cutout (at least partly) in each
+    g = torch.Generator().manual_seed(0)
+    task.noise(6, g)                                        # the d step's draws: latents, then offsets
+    torch.testing.assert_close(seen[0], diff_augment(real, "translation,cutout", g), rtol=0, atol=0)
+    before = [p.clone() for p in task.G.parameters()]
+    task.g_step(6, torch.Generator().manual_seed(1))
+    assert any(not torch.equal(a, b) for a, b in zip(before, task.G.parameters()))
+
+
+# ---------------------------------------------------------------------------------- hinge
+def test_hinge_by_hand():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, 0.0, 0.4])
+    # D: max(0, 1 - r) = [0, 0.5, 2]; max(0, 1 + f) = [0, 1, 1.4]
+    assert hinge_d_loss(real, fake).item() == pytest.approx(2.5 / 3 + 2.4 / 3)
+    assert hinge_g_loss(fake).item() == pytest.approx(-(-3.0 + 0.0 + 0.4) / 3)
+    view, d_loss, g_loss = objective("hinge")
+    assert view is real_logit
+    lengths = torch.tensor([[0.5], [0.9]])                 # capsule P(real): log-odds 0 and log 9
+    assert g_loss(view(lengths, "length")).item() == pytest.approx(-torch.log(torch.tensor(9.0)).item() / 2, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- spectral norm
+def top_singular_value(w: torch.Tensor) -> float:
+    return torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2).item()
+
+
+@pytest.mark.parametrize("cls,kw", [(DCGANConfig, {}), (CapsuleGANConfig, {"discriminator": "caps-dense"})])
+def test_spectral_norm_bounds_every_conv_and_dense_layer_of_d(cls, kw):
+    task = tiny_task(cls, d_spectral_norm=True, **kw)
+    layers = [m for m in task.D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert layers and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in layers)
+    x = torch.randn(16, 1, 8, 8)
+    for _ in range(30):                                      # power iterations converge in train mode
+        task.D(x)
+    for m in layers:
+        assert top_singular_value(m.weight) == pytest.approx(1.0, abs=0.02)
+        assert top_singular_value(m.parametrizations.weight.original) != pytest.approx(1.0, abs=0.02)
+    if cls is CapsuleGANConfig:                              # the capsule transforms are left alone
+        assert not torch.nn.utils.parametrize.is_parametrized(task.D.caps)
+    plain = tiny_task(cls, **kw)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in plain.D.modules())
+
+
+def test_spectral_norm_eval_changes_no_state():
+    task = tiny_task(d_spectral_norm=True)
+    task.train_step(Batch(torch.rand(8, 1, 8, 8)), StepContext(0, 0.0, 4, torch.Generator()))
+    before = {k: v.clone() for k, v in task.D.state_dict().items()}
+    assert any(k.endswith("._u") for k in before)            # the power-iteration vectors are saved
+    task.train_mode(False)
+    task.evaluate(Batch(torch.rand(20, 1, 8, 8)))
+    assert all(torch.equal(before[k], v) for k, v in task.D.state_dict().items())
+
+
+def test_resume_with_every_lever_equals_uninterrupted(tmp_path, monkeypatch):
+    args = ["--steps", "8", "--batch-size", "16", "--set", "diffaugment=translation,cutout",
+            "--set", "d_spectral_norm=true", "--set", "objective=hinge", "--set", "checkpoint_every=3",
+            "--set", "log_every=1", "--set", "lr_d=2e-4", "--set", "sample_every=0"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert train(ref, "capsulegan", *args) == 0
+    original = GANTask.after_step
+
+    def stop_at_5(self, step, r, writer=None):
+        original(self, step, r, writer)
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(GANTask, "after_step", stop_at_5)
+    assert train(run, "capsulegan", *args) == 130
+    monkeypatch.setattr(GANTask, "after_step", original)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    a, _ = read_checkpoint(ref / "checkpoints" / "last.safetensors")
+    b, _ = read_checkpoint(run / "checkpoints" / "last.safetensors")
+    keys = [k for k in a if k.startswith(("module.", "optim."))]
+    assert any("parametrizations" in k for k in keys) and set(keys) == {k for k in b if k.startswith(("module.", "optim."))}
+    for k in keys:
+        assert torch.equal(a[k], b[k]), k
+    assert train_rows(run) == train_rows(ref)
+
+
+# ------------------------------------------------------------------------ strided first conv
+def test_strided_first_conv_quarters_the_primary_capsule_input():
+    shape = (1, 28, 28)
+    plain = CapsuleDiscriminator(shape, 16, 9, "relu", 4, 8, 9, 2, out_caps=1, head="length")
+    fast = CapsuleDiscriminator(shape, 16, 9, "relu", 4, 8, 5, 2, out_caps=1, head="length", conv_stride=2)
+    x = torch.randn(2, *shape)
+    assert plain.conv(x).shape[-2:] == (20, 20) and fast.conv(x).shape[-2:] == (10, 10)   # 400 -> 100 positions
+    assert plain.num_primary == 4 * 6 * 6 and fast.num_primary == 4 * 3 * 3
+    assert fast(x).shape == (2, 1)
+    cfg = CapsuleGANConfig(d_conv_stride=2, d_primary_kernel=5)
+    assert build_discriminator(cfg, shape).conv.stride == (2, 2)
+    with pytest.raises(ValueError, match="too small for kernels 9 and 9 stride 3"):   # 28 -> 7 < 9
+        build_discriminator(CapsuleGANConfig(d_conv_stride=3), shape)
+
+
+@pytest.mark.parametrize("setting,message", [("diffaugment=flip", "diffaugment"), ("d_conv_stride=0", "d_conv_stride"),
+                                             ("objective=wgan", "hinge")])
+def test_bad_lever_values_are_one_line_errors(tmp_path, capsys, setting, message):
+    assert train(tmp_path / "r", "capsulegan", "--steps", "1", "--set", setting) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_karmakar_presets_carry_the_papers_10000_iterations():
+    from capsgen.runs import make_configs
+
+    for family in ("dcgan", "capsulegan"):
+        tcfg, mcfg = make_configs(family, [], preset="karmakar", data="digits")
+        assert tcfg.steps == 10000 and tcfg.batch_size == 16 and mcfg.schedule == "alternate"
+        tcfg, _ = make_configs(family, [], preset="karmakar", data="digits", steps=50)
+        assert tcfg.steps == 50                                # a --steps flag wins over the preset
