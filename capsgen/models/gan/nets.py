@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from capsgen.nn import DenseCapsules, PrimaryCapsules, safe_norm
+from capsgen.nn import PrimaryCapsules, dense_capsules, safe_norm
 
 
 def halvings(h: int, w: int, min_size: int = 4) -> int:
@@ -197,6 +197,12 @@ class CapsuleDiscriminator(nn.Module):
 
     ``conv_stride`` 2 (not in either paper) halves the first conv's output map on each side, so
     the primary-capsule conv, most of the discriminator's cost, sees a quarter of the positions.
+
+    ``routing="trainable"`` replaces routing by agreement with Chen et al.'s (G-CapsNets)
+    trainable routing: learnt couplings c_ij, one pass, no iterations (``routing_iterations`` and
+    ``grad_through_routing`` then do not apply). The squash stays ``squash`` (Sabour's), so only
+    the routing differs. Couplings start at 1/out_caps, dynamic routing's first iteration: with
+    one capsule (caps1) each c_i1 starts at 1 and, unlike dynamic routing's, is then learnt.
     """
 
     def __init__(self, shape: tuple[int, int, int], conv_channels: int = 256, conv_kernel: int = 9,
@@ -204,7 +210,7 @@ class CapsuleDiscriminator(nn.Module):
                  primary_kernel: int = 9, primary_stride: int = 2, out_caps: int = 10,
                  out_dim: int = 16, routing_iterations: int = 3, head: str = "dense",
                  dense: int = 64, grad_through_routing: bool = True, squash: str = "sabour",
-                 init_std: float = 0.01, conv_stride: int = 1):
+                 init_std: float = 0.01, conv_stride: int = 1, routing: str = "dynamic"):
         super().__init__()
         C, H, W = shape
         if head not in ("dense", "length"):
@@ -224,9 +230,9 @@ class CapsuleDiscriminator(nn.Module):
         self.num_primary = primary_caps * h * w
         # One parent: c == 1 after any number of iterations, so one iteration is the same answer.
         iters = 1 if out_caps == 1 else routing_iterations
-        self.caps = DenseCapsules(self.num_primary, primary_dim, out_caps, out_dim, iters,
-                                  grad_through_iterations=grad_through_routing, squash=squash,
-                                  init_std=init_std)
+        self.caps = dense_capsules(routing, self.num_primary, primary_dim, out_caps, out_dim,
+                                   routing_iterations=iters, grad_through_iterations=grad_through_routing,
+                                   squash=squash, init_std=init_std)
         self.head = (nn.Sequential(nn.Flatten(), nn.Linear(out_caps * out_dim, dense),
                                    nn.LeakyReLU(0.2, inplace=True), nn.Linear(dense, 1))
                      if head == "dense" else None)
