@@ -52,6 +52,12 @@ class ACGANConfig(FamilyConfig):
     # Weight of D's class loss on generated images: 1 = Odena et al. (L_C over real and fake);
     # the Keras example uses 0 so that D's classifier never learns from G's mistakes.
     fake_class_weight: float = opt(1.0, min=0)
+    # Pictures and evaluation (what the Task needs beyond the networks).
+    sample_every: int = opt(100, min=0)       # steps between class grids in figures/samples/; 0 = off
+    n_fixed: int = opt(10, min=1)             # latents per class row of a class grid (the same in every row)
+    fixed_seed: int = opt(1234, min=0)        # seed of the grids' latents and of evaluate()'s fakes
+    eval_n: int = opt(1000, min=1)            # test images (and as many fakes) for evaluate()
+    explode_limit: float = opt(1e4, min=0)    # stop when a loss exceeds this; 0 = only NaN / inf stop
 
     PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
         "chen": ("model.preset=chen", "model.latent_dim=100", "model.conditioning=embedding",
