@@ -8,8 +8,9 @@ other, so the ratio compares like with like on a machine whose speed drifts.
 
     python benchmarks/ddp_throughput.py [--data mnist-5k] [--batch 64] [--steps 30]
 
-Configurations: 1 process x 2 threads (torch's own intra-op parallelism over both cores) and
-2 processes x 1 thread (data parallel). Last line: ddp_2proc_vs_1proc_ratio=R
+Configurations: 1 process x 1 thread (the baseline), 1 process x 2 threads (torch's own intra-op
+parallelism over both cores) and 2 processes x 1 thread (data parallel). Last line:
+ddp_2proc_vs_1proc_ratio=R (2 processes vs 1 process, each using both cores).
 """
 from __future__ import annotations
 
@@ -48,11 +49,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        single = train(1, 1, args, Path(tmp) / "single")
         one = train(1, 2, args, Path(tmp) / "one")
         two = train(2, 1, args, Path(tmp) / "two")
     print(f"capsnet {args.data}, global batch {args.batch}, {args.steps} steps")
-    print(f"1 process x 2 threads: {one:8.1f} images/s")
+    print(f"1 process x 1 thread:   {single:8.1f} images/s")
+    print(f"1 process x 2 threads:  {one:8.1f} images/s")
     print(f"2 processes x 1 thread: {two:8.1f} images/s")
+    print(f"ddp_2proc_vs_1proc1thread_ratio={two / single:.3f}")
     print(f"ddp_2proc_vs_1proc_ratio={two / one:.3f}")
 
 
