@@ -273,6 +273,7 @@ def test_signal_at_random_moments_then_resume_is_bit_identical(tmp_path_factory,
             "--set", "log_every=1"]
     ref = _reference(tmp_path_factory, argv, f"ref-{family}")
     rng = random.Random(f"{family}-{sig}")
+    interrupted = 0
     for trial in range(3):
         run = tmp_path_factory.mktemp(f"{family}-{int(sig)}-{trial}") / "run"
         proc = start([*argv, "--out", str(run)])
@@ -286,6 +287,7 @@ def test_signal_at_random_moments_then_resume_is_bit_identical(tmp_path_factory,
         if proc.returncode == 0:
             continue                           # it finished first: nothing to resume
         assert proc.returncode == 130 and "Traceback" not in err, err
+        interrupted += 1
         stopped = read_checkpoint(run / "checkpoints" / "last.safetensors")[1]["state"]["step"]
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert any(r["split"] == "train" and r["step"] == stopped for r in rows), "the cut step lost its row"
@@ -295,6 +297,7 @@ def test_signal_at_random_moments_then_resume_is_bit_identical(tmp_path_factory,
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{family} {sig!r} trial {trial}: {k} differs after resume"
+    assert interrupted >= 2, "the runs finished before the signal: lengthen them"
 
 
 @pytest.mark.slow
