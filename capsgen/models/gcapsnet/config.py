@@ -57,6 +57,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from capsgen.config import FamilyConfig, opt
+
 ARCHS = ("fc", "conv", "multilayer", "baseline")
 SQUASHES = ("exp", "sabour")
 # The names of capsgen.nn.trainable_routing.COUPLING_INITS (a test checks they agree).
@@ -68,59 +70,71 @@ _CIFAR_BASELINE = ("model.baseline_conv=64,256", "model.baseline_kernels=9,9", "
                    "model.baseline_padding=0,0", "model.baseline_fc=512")
 
 
+# Names of the presets below (the ``preset`` field records which one a run came from).
+PRESET_NAMES = ("fc", "fc-recon", "conv", "conv-recon", "baseline", "cifar-fc", "cifar-conv", "cifar-baseline",
+                "multilayer")
+
+
 @dataclass
-class GCapsNetConfig:
+class GCapsNetConfig(FamilyConfig):
     """G-CapsNet classifier settings; the defaults are the ``fc`` preset (MNIST, no decoder)."""
 
-    preset: str = ""                  # the preset these values came from (informational)
-    arch: str = "fc"                  # fc | conv | multilayer | baseline
+    preset: str = opt("", choices=("", *PRESET_NAMES))   # the preset these values came from (informational)
+    arch: str = opt("fc", choices=ARCHS)
     # fc / conv body (Sabour et al.)
-    conv_channels: int = 256
-    conv_kernel: int = 9
-    primary_caps: int = 32
-    primary_dim: int = 8
-    primary_kernel: int = 9
-    primary_stride: int = 2
+    conv_channels: int = opt(256, min=1)
+    conv_kernel: int = opt(9, min=1)
+    primary_caps: int = opt(32, min=1)
+    primary_dim: int = opt(8, min=1)
+    primary_kernel: int = opt(9, min=1)
+    primary_stride: int = opt(2, min=1)
     # fc: class capsules of class_dim dimensions
-    class_dim: int = 16
-    fc_init_std: float = 0.01         # std of the fc transforms W_ij (Sabour's 0.01)
+    class_dim: int = opt(16, min=1)
+    fc_init_std: float = opt(0.01, gt=0)          # std of the fc transforms W_ij (Sabour's 0.01)
     # conv: kernel of the class capsule layer (0 = the whole primary grid) and transform size
-    caps_kernel: int = 0
-    caps_matrix: int = 4
-    conv_init_std: float | None = None   # std of the conv-capsule transforms; None = 1/sqrt(q)
+    caps_kernel: int = opt(0, min=0)
+    caps_matrix: int = opt(4, min=1)
+    conv_init_std: float | None = opt(None, gt=0)   # std of the conv-capsule transforms; None = 1/sqrt(q)
     # every capsule layer
-    squash: str = "exp"               # exp (Chen et al.) | sabour
-    caps_relu: bool = False           # a ReLU on s_j before the squash (supplementary)
-    coupling_init: str = "parents"    # parents (1/J) | children (1/I) | xavier
-    # decoder (fc, conv)
-    reconstruction: bool = False
-    decoder_hidden: tuple[int, ...] = (512, 1024)
-    recon_weight: float = 0.0005      # x per-image summed squared error (Sabour)
+    squash: str = opt("exp", choices=SQUASHES)    # exp (Chen et al.) | sabour
+    caps_relu: bool = opt(False)                  # a ReLU on s_j before the squash (supplementary)
+    coupling_init: str = opt("parents", choices=COUPLING_INITS)   # parents (1/J) | children (1/I) | xavier
+    # decoder (fc, conv, multilayer)
+    reconstruction: bool = opt(False)
+    decoder_hidden: tuple[int, ...] = opt((512, 1024), min=1)
+    recon_weight: float = opt(0.0005, min=0)      # x per-image summed squared error (Sabour)
     # multilayer (supplementary table 1)
-    ml_conv_channels: tuple[int, ...] = (64, 128)
-    ml_conv_kernels: tuple[int, ...] = (7, 7)
-    ml_conv_strides: tuple[int, ...] = (1, 2)
-    ml_conv_bias: bool = False        # table 1 counts the conv weights only
-    ml_primary_dim: int = 8           # 128 channels -> 16 capsule types of 8-D
-    ml_caps_types: tuple[int, ...] = (8, 16)
-    ml_caps_kernels: tuple[int, ...] = (4, 3)
-    ml_caps_strides: tuple[int, ...] = (1, 2)
-    ml_caps_matrices: tuple[int, ...] = (8, 2)    # 1x8 poses x 8x8; 4x2 poses x 2x2
-    ml_per_position_coupling: bool = True         # conv routing: coefficients per output position
-    ml_class_dim: int = 8
-    ml_fc_coupling_per_dim: bool = True
+    ml_conv_channels: tuple[int, ...] = opt((64, 128), min=1)
+    ml_conv_kernels: tuple[int, ...] = opt((7, 7), min=1)
+    ml_conv_strides: tuple[int, ...] = opt((1, 2), min=1)
+    ml_conv_bias: bool = opt(False)               # table 1 counts the conv weights only
+    ml_primary_dim: int = opt(8, min=1)           # 128 channels -> 16 capsule types of 8-D
+    ml_caps_types: tuple[int, ...] = opt((8, 16), min=1)
+    ml_caps_kernels: tuple[int, ...] = opt((4, 3), min=1)
+    ml_caps_strides: tuple[int, ...] = opt((1, 2), min=1)
+    ml_caps_matrices: tuple[int, ...] = opt((8, 2), min=1)    # 1x8 poses x 8x8; 4x2 poses x 2x2
+    ml_per_position_coupling: bool = opt(True)    # conv routing: coefficients per output position
+    ml_class_dim: int = opt(8, min=1)
+    ml_fc_coupling_per_dim: bool = opt(True)
     # baseline CNN (MNIST: conv 256-256-128 5x5, fc 328-192, softmax)
-    baseline_conv: tuple[int, ...] = (256, 256, 128)
-    baseline_kernels: tuple[int, ...] = (5, 5, 5)
-    baseline_strides: tuple[int, ...] = (1, 1, 1)
-    baseline_padding: tuple[int, ...] = (2, 2, 2)
-    baseline_fc: tuple[int, ...] = (328, 192)
-    baseline_dropout: float = 0.5     # before the output layer (the authors' prototxts)
-    # margin loss (Sabour's constants, as Chen et al. say) and Adam
-    m_pos: float = 0.9
-    m_neg: float = 0.1
-    lam: float = 0.5
-    lr: float = 1e-3
+    baseline_conv: tuple[int, ...] = opt((256, 256, 128), min=1)
+    baseline_kernels: tuple[int, ...] = opt((5, 5, 5), min=1)
+    baseline_strides: tuple[int, ...] = opt((1, 1, 1), min=1)
+    baseline_padding: tuple[int, ...] = opt((2, 2, 2), min=0)
+    baseline_fc: tuple[int, ...] = opt((328, 192), min=1)
+    baseline_dropout: float = opt(0.5, min=0, max=1)   # before the output layer (the authors' prototxts); < 1
+    # margin loss (Sabour's constants, as Chen et al. say)
+    m_pos: float = opt(0.9, min=0, max=1)
+    m_neg: float = opt(0.1, min=0, max=1)
+    lam: float = opt(0.5, min=0)
+    # training: Adam at lr, multiplied by lr_decay every epoch (1 = constant, Chen et al. give no
+    # schedule); random shifts of up to shift_pixels per axis (Sabour's 2). Chen et al. write
+    # that their CapsNet and baseline errors are above Sabour et al.'s "due to differences in the
+    # data augmentation (pixel-shifting)", i.e. they seem not to have shifted: 0 follows them,
+    # 2 (the default) trains every model of `capsgen reproduce gcapsnet` like capsgen's capsnet.
+    lr: float = opt(1e-3, gt=0)
+    lr_decay: float = opt(1.0, gt=0, max=1)
+    shift_pixels: int = opt(2, min=0)
 
     PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
         "fc": ("model.preset=fc", "model.arch=fc"),
@@ -135,6 +149,10 @@ class GCapsNetConfig:
         "cifar-baseline": ("model.preset=cifar-baseline", "model.arch=baseline", *_CIFAR_BASELINE),
         "multilayer": ("model.preset=multilayer", "model.arch=multilayer", "model.caps_relu=true"),
     }
+
+    def ineffective(self) -> dict[str, str]:
+        """Fields the chosen ``arch`` does not use, and decoder fields without a decoder."""
+        return _ineffective(self)
 
     def validate(self) -> None:
         """Raise ValueError (one line) for values or combinations that cannot work."""
@@ -167,6 +185,30 @@ class GCapsNetConfig:
                                  "need one entry per conv")
             if not 0 <= self.baseline_dropout < 1:
                 raise ValueError(f"baseline_dropout={self.baseline_dropout} must be in [0, 1)")
+
+
+# Which architectures use a field (fields not listed are used by all): for ``ineffective()``.
+_USED_BY: dict[str, tuple[str, ...]] = {
+    **{f: ("fc", "conv") for f in ("conv_channels", "conv_kernel", "primary_caps", "primary_dim",
+                                   "primary_kernel", "primary_stride")},
+    "class_dim": ("fc",), "fc_init_std": ("fc", "multilayer"),
+    "caps_kernel": ("conv",), "caps_matrix": ("conv",), "conv_init_std": ("conv", "multilayer"),
+    **{f: ("fc", "conv", "multilayer") for f in ("squash", "caps_relu", "coupling_init", "reconstruction",
+                                                 "decoder_hidden", "recon_weight", "m_pos", "m_neg", "lam")},
+}
+
+
+def _ineffective(cfg: GCapsNetConfig) -> dict[str, str]:
+    out = {}
+    for name in cfg.__dataclass_fields__:
+        archs = _USED_BY.get(name) or (("multilayer",) if name.startswith("ml_") else
+                                       ("baseline",) if name.startswith("baseline_") else None)
+        if archs and cfg.arch not in archs:
+            out[f"model.{name}"] = f"arch={cfg.arch} does not use it (only {', '.join(archs)})"
+    if not cfg.reconstruction and cfg.arch != "baseline":
+        for name in ("decoder_hidden", "recon_weight"):
+            out[f"model.{name}"] = "there is no decoder (set model.reconstruction=true)"
+    return out
 
 
 def preset_config(name: str) -> GCapsNetConfig:
