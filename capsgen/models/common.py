@@ -17,10 +17,14 @@ def require_labels(info: DataInfo, family: str) -> int:
     return info.num_classes
 
 
-def set_step_lr(opt: torch.optim.Optimizer, base_lr: float, decay: float, ctx: StepContext) -> None:
-    """lr = base_lr x decay^epoch. A function of the step, so resuming needs no scheduler state."""
+def set_step_lr(opt: torch.optim.Optimizer, base_lr: float, decay: float, ctx: StepContext,
+                every_steps: int | None = None) -> None:
+    """lr = base_lr x decay^epoch, or with ``every_steps`` base_lr x decay^(step / every_steps)
+    (continuous, TensorFlow's ``exponential_decay`` without staircase). A function of the step,
+    so resuming needs no scheduler state."""
+    power = ctx.step // ctx.steps_per_epoch if every_steps is None else ctx.step / every_steps
     for group in opt.param_groups:
-        group["lr"] = base_lr * decay ** (ctx.step // ctx.steps_per_epoch)
+        group["lr"] = base_lr * decay ** power
 
 
 def _rows(ctx: StepContext | None, n: int) -> tuple[int, slice]:

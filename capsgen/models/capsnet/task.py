@@ -29,7 +29,7 @@ class CapsNetTask(Task, Classifying):
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         cfg = self.config
-        set_step_lr(self.optimizers["model"], cfg.lr, cfg.lr_decay, ctx)
+        set_step_lr(self.optimizers["model"], cfg.lr, cfg.lr_decay, ctx, cfg.lr_decay_steps)
         x = random_shift(batch.images, cfg.shift_pixels, ctx.generator, ctx)
         y = batch.labels
         loss, parts = capsnet_loss(self.model, x, y)
