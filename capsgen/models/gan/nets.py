@@ -217,7 +217,7 @@ class CapsuleDiscriminator(nn.Module):
             raise ValueError(f"unknown capsule head {head!r}; choose dense or length")
         ch, cw = (H - conv_kernel) // conv_stride + 1, (W - conv_kernel) // conv_stride + 1
         if min(ch, cw) < primary_kernel or min(H, W) < conv_kernel:
-            stride = f" stride {conv_stride}," if conv_stride != 1 else ""
+            stride = f" stride {conv_stride}" if conv_stride != 1 else ""
             raise ValueError(f"input {H}x{W} is too small for kernels {conv_kernel} and {primary_kernel}"
                              f"{stride} (lower d_conv_kernel / d_primary_kernel)")
         h = (ch - primary_kernel) // primary_stride + 1
