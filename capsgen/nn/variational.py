@@ -29,10 +29,10 @@ import torch.nn.functional as F
 # - lam = 0.5, Sabour et al.'s down-weighting of the absent classes: in class mode K - 1 capsules
 #   are inactive for one active one, and without it their hinge terms dominate early training.
 # - margin = 16 nats: an inactive capsule must sit at least m away from the prior, the active
-#   one near it. m must exceed what reconstruction makes the active capsule's KL settle at,
-#   or argmin-KL stops telling them apart; 16 nats is 1 nat per dimension of the paper's 16-D
-#   digit capsules (a mean shifted by sqrt(2) per dimension), and see capsgen/models/vcaps for
-#   the measurement behind the model's own default.
+#   one near it, so m must exceed the KL that reconstruction makes the active capsule settle at
+#   (~3 nats for 16-D digit capsules) or least-KL prediction stops telling them apart. On
+#   mnist-5k m = 4 gave 95.4 % and m = 16 gave 97.8 % (VCapsConfig lists the measurement);
+#   16 nats is 1 nat per dimension of the paper's 16-D capsules.
 DEFAULT_KL_MARGIN = 16.0
 DEFAULT_KL_LAMBDA = 0.5
 

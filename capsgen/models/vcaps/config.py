@@ -44,16 +44,23 @@ class VCapsConfig:
     # mode, residual in attribute mode.
     network: str = "auto"
     caps_dim: int = 16                # D of every capsule (paper: 16 digits, 32 faces)
-    # KL margin loss, eq. 3 (defaults: see capsgen.nn.variational and the measurements in the
-    # helper's report; the paper gives no values)
+    # KL margin loss, eq. 3; the paper gives no values. Measured on mnist-5k (300 steps of batch
+    # 64, the CPU-default conv networks, alpha = 1; accuracy of least-KL prediction on 500 test
+    # images, one seed): m = 4 -> 95.4 %, m = 16 -> 97.8 %, m = 64 -> 98.0 % with the inactive
+    # capsules' KL running off to ~450 nats (~50 at m = 16). Active capsules settled at ~2.7 nats.
     kl_margin: float = 16.0           # m
-    kl_lambda: float = 0.5            # lambda, the down-weighting of absent entities
-    # The decoder's mask while training: "min-kl" (paper §3.2: the capsule of least KL, whatever
-    # the label) or "label" (the true class / attributes, as Sabour et al.). Test-time
-    # reconstructions always use min-kl, i.e. the prediction.
+    kl_lambda: float = 0.5            # lambda, Sabour et al.'s down-weighting of absent entities
+    # The decoder's mask while training: "min-kl" (paper §3.2: the capsule of least KL, right or
+    # wrong) or "label" (the true class / attributes, as Sabour et al. mask by the label). The
+    # same runs measured min-kl 97.8 % / label 98.0 % on mnist-5k and 83.3 % / 83.2 % mean
+    # attribute accuracy on shapes-attributes (300 steps): no difference, so the paper's rule is
+    # the default. Test-time reconstructions always use min-kl, i.e. the prediction.
     train_mask: str = "min-kl"
     recon: str = "mse"                # mse (eq. 4: 1/2 sum of squares per image) | bce
-    alpha: float = 1.0                # weight of the reconstruction loss
+    # weight of the reconstruction loss. On mnist-5k alpha = 0.1 gave 98.2 % and prior samples
+    # that re-encode as their class 85 % of the time (70 % at alpha = 1), but a reconstruction
+    # error of 30.6 instead of 18.4 per image: 1 keeps the autoencoder an autoencoder.
+    alpha: float = 1.0
     beta: float = 0.0                 # weight of the LSGAN loss (eq. 5); 0 = no discriminator
     # conv networks (§4.2); the paper's widths are 256, 256, 256
     enc_channels: tuple[int, ...] = (64, 64, 64)
