@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from capsgen.reproduce import capsulegan
+from capsgen.reproduce import capsulegan, gcapsnet
 
 EXPERIMENTS: dict[str, ModuleType] = {
     "capsulegan": capsulegan,
+    "gcapsnet": gcapsnet,
 }

@@ -1,0 +1,243 @@
+"""report.md and report.html of ``capsgen reproduce gcapsnet``: measured numbers beside Chen et al.'s.
+
+The Markdown is the source; the HTML is the same text rendered by the ``markdown`` package.
+"""
+from __future__ import annotations
+
+import shlex
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from capsgen.reproduce.gcapsnet.spec import (ATTACK_MODELS, PAPER_FGSM_ACCURACY, PAPER_TABLE2, PAPER_TABLE3,
+                                             TABLE3_MODELS, Settings)
+from capsgen.train.checkpoint import atomic_write_text
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}code,pre{background:#f4f4f4}pre{padding:.6em;overflow-x:auto}
+img{max-width:100%;image-rendering:pixelated}"""
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def pct(values: list[float], digits: int = 2) -> str:
+    """'m ± sd' in percent of fractions ``values`` ('m' alone for one value)."""
+    m, sd = mean_sd(values)
+    return f"{100 * m:.{digits}f}" + (f" ± {100 * sd:.{digits}f}" if sd is not None else "")
+
+
+def _paper_error(row: str, color: bool) -> str:
+    entry = PAPER_TABLE2.get(row, {}).get("cifar" if color else "mnist") if row else None
+    return f"{entry[0]:.2f} ± {entry[1]:.2f}" if entry else "–"
+
+
+def _paper_params(row: str, color: bool) -> str:
+    return (PAPER_TABLE2[row]["params"][1 if color else 0] or "–") if row else "–"
+
+
+def _n(x: int) -> str:
+    return f"{x:,}"
+
+
+def _training(s: Settings, st: dict[str, Any]) -> str:
+    """Optimiser and augmentation as the first trained model's config.json recorded them."""
+    first = next((st[k] for k in sorted(st) if k.startswith("train/")), None)
+    if not first:
+        return "Adam"
+    m = first["model"]
+    decay = f" x {m['lr_decay']:g} per epoch" if m.get("lr_decay", 1) != 1 else ""
+    return f"Adam at {m['lr']:g}{decay}, random shifts of up to {m['shift_pixels']} pixels"
+
+
+def table2(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The table-2 rows and, per model, the numbers the claims need."""
+    color = s.channels == 3
+    rows, summary = [], {}
+    for spec in s.model_specs():
+        done = [st.get(f"train/{spec.name}/seed{k}") for k in s.seeds]
+        done = [d for d in done if d]
+        if not done:
+            continue
+        errors = [d["test_error"] for d in done]
+        row = spec.paper_row_for(s.channels)
+        summary[spec.name] = {"errors": errors, "params": done[0]["params"]}
+        same = done[0].get("describe", {}).get("matches_paper")
+        rows.append([spec.name, spec.label, row or "–", _n(done[0]["params"]) + (" (= paper)" if same else ""),
+                     _paper_params(row, color),
+                     pct(errors), " / ".join(f"{100 * e:.2f}" for e in errors),
+                     _n(round(statistics.fmean(d["steps"] for d in done))),
+                     f"{statistics.fmean(d['epochs'] for d in done):.2f}", _paper_error(row, color)])
+    head = ["model", "what", "Chen et al.'s row", "params here", "params (Chen et al.)",
+            f"test error % here (mean ± sd, {len(s.seeds)} seeds)", "per seed", "steps", "epochs",
+            f"Chen et al. error % ({'CIFAR-10' if color else 'MNIST'})"]
+    return _table(head, rows), summary
+
+
+def count_rows() -> list[str]:
+    """capsgen's paper-size networks beside every count Chen et al. print."""
+    from capsgen.models.gcapsnet.nets import paper_parameter_counts
+
+    rows = [[r.preset, r.part, r.paper, _n(r.ours), "yes" if r.matches else f"no — {r.note}"]
+            for r in paper_parameter_counts()]
+    return _table(["preset", "part", "Chen et al.", "capsgen", "same at the printed precision"], rows)
+
+
+def table3(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[int, dict[str, list[float]]]]:
+    rows, found = [], {}
+    names = [n for n in TABLE3_MODELS if any(st.get(f"train/{n}/seed{k}") for k in s.seeds)]
+    for epoch in range(1, s.gan_epochs + 1):
+        r = st.get(f"table3/epoch{epoch}")
+        if not r:
+            continue
+        found[epoch] = r["errors"]
+        paper = PAPER_TABLE3.get(epoch, {})
+        rows.append([str(epoch), f"{_n(r['steps'])} ({r['epochs_done']:g})",
+                     *[pct(r["errors"][n], 3) if n in r["errors"] else "–" for n in names],
+                     *[f"{paper[n]:.3f}" if n in paper else "–" for n in names]])
+    head = ["GAN epoch", "GAN steps (epochs done)", *[f"{n} here" for n in names],
+            *[f"{n}, Chen et al." for n in names]]
+    return (_table(head, rows) if rows else []), found
+
+
+def claims(s: Settings, t2: dict[str, dict[str, Any]], t3: dict[int, dict[str, list[float]]],
+           st: dict[str, Any]) -> list[str]:
+    out = []
+    g_models = [m for m in ("fc-recon", "fc", "conv-recon", "conv", "multilayer") if m in t2]
+    for ref, who in (("baseline", "the CNN baseline"), ("capsnet", "CapsNet (dynamic routing)")):
+        if ref not in t2 or not g_models:
+            continue
+        ref_m = mean_sd(t2[ref]["errors"])[0]
+        wins = [m for m in g_models if mean_sd(t2[m]["errors"])[0] < ref_m]
+        gaps = ", ".join(f"{m} {100 * (mean_sd(t2[m]['errors'])[0] - ref_m):+.2f} pp" for m in g_models)
+        out.append(f"- **Table 2: every G-CapsNet has a lower test error than {who}** — mean error difference "
+                   f"to {ref} ({gaps}; negative = G-CapsNet better) → **{'held' if len(wins) == len(g_models) else 'did not hold'}**"
+                   f" here ({len(wins)} of {len(g_models)}).")
+    if "baseline" in t2 and g_models:
+        fewer = [m for m in g_models if t2[m]["params"] < t2["baseline"]["params"]]
+        out.append(f"- **G-CapsNets use fewer parameters than the baseline** — {len(fewer)} of {len(g_models)} here "
+                   f"(baseline {_n(t2['baseline']['params'])}).")
+    if t3 and all(k in next(iter(t3.values())) for k in ("baseline", "fc", "conv")):
+        for m in ("fc", "conv"):
+            better = [e for e, errs in t3.items() if mean_sd(errs[m])[0] < mean_sd(errs["baseline"])[0]]
+            ties = [e for e, errs in t3.items() if mean_sd(errs[m])[0] == mean_sd(errs["baseline"])[0]]
+            out.append(f"- **Table 3: the {m.upper()} G-CapsNet errs less than the baseline on AC-GAN images** — "
+                       f"lower at {len(better)} of {len(t3)} epochs ({len(ties)} ties) → "
+                       f"**{'held' if len(better) == len(t3) else 'did not hold'}** here.")
+    fg = {m: st.get(f"attack/{m}/fgsm") for m in ATTACK_MODELS}
+    if all(fg.values()):
+        accs = ", ".join(f"{m} {100 * r['attacked_accuracy']:.2f} %" for m, r in fg.items())
+        out.append(f"- **4.3: under black-box FGSM (ε = 8/255) the G-CapsNets are about as robust as the "
+                   f"baseline** (Chen et al.: 11.35 / 8.92 / 11.35 %) — attacked accuracy here: {accs}.")
+    ua = {m: st.get(f"attack/{m}/uap") for m in ATTACK_MODELS}
+    if all(ua.values()):
+        accs = ", ".join(f"{m} {100 * r['clean_accuracy']:.1f} → {100 * r['attacked_accuracy']:.1f} %"
+                         for m, r in ua.items())
+        out.append(f"- **Supplementary 6.2: G-CapsNets are as vulnerable as CNNs to a white-box universal "
+                   f"perturbation** — clean → attacked accuracy here: {accs}.")
+    return out
+
+
+def attacks_section(s: Settings, st: dict[str, Any]) -> list[str]:
+    rows, pictures = [], []
+    for m in ATTACK_MODELS:
+        for method in s.attacks:
+            r = st.get(f"attack/{m}/{method}")
+            if not r:
+                continue
+            paper = f"{PAPER_FGSM_ACCURACY[m]:.2f}" if method == "fgsm" else "figure 1: falls sharply by iteration 100"
+            extra = (f"LeNet substitute, {r['substitute']['steps']} steps, {100 * r['substitute']['clean_accuracy']:.1f} % clean"
+                     if "substitute" in r else f"{r['uap']['iterations']} iterations" if "uap" in r else "")
+            rows.append([m, f"{method}, {r['mode']}", f"{255 * r['epsilon']:.3g}/255", str(r["n"]), extra,
+                         f"{100 * r['clean_accuracy']:.2f}", f"{100 * r['attacked_accuracy']:.2f}", paper])
+            for name, rel in r["files"].items():
+                if name.endswith(".png") and name != "examples.png":
+                    pictures.append(f"![{m} {method} {Path(name).stem}]({rel})")
+    if not rows:
+        return []
+    return [*_table(["model", "attack", "ε", "images", "", "clean accuracy %", "attacked accuracy %",
+                     "Chen et al. (attacked accuracy %)"], rows), " ".join(pictures), ""]
+
+
+def write_reports(folder: Path, s: Settings, results: dict[str, Any], env: dict[str, Any]) -> Path:
+    """Write report.md and report.html into ``folder``; returns the report.md path."""
+    import markdown
+
+    st = results["stages"]
+    color = s.channels == 3
+    paper_data = "CIFAR-10" if color else "MNIST"
+    shape = "x".join(map(str, env["shape"][1:])) + f"x{env['shape'][0]}"
+    L = [f"# G-CapsNet reproduction (Chen et al.) on {s.data}", "",
+         f"Generated {time.strftime('%Y-%m-%d %H:%M')} by capsgen.", "",
+         "## Scale", "",
+         f"- **data**: {s.data} ({_n(env['train_size'])} training and {_n(env['test_size'])} test images, {shape}); "
+         f"Chen et al. used {paper_data} ({'50,000' if color else '60,000'} / 10,000) and trained to convergence in "
+         "Caffe, so numbers here are compared in direction, not in value.",
+         f"- **every classifier**: {s.budget:g} minutes of training"
+         + (f", at most {s.epochs:g} epochs" if s.epochs else "") + f", batch {s.batch_size}, "
+         + _training(s, st) + f", seeds {', '.join(map(str, s.seeds))}; test error on the whole test split "
+         "with the last weights.",
+         f"- **network sizes**: `--scale {s.scale}` — "
+         + ("Chen et al.'s networks as printed (presets of the gcapsnet family; capsnet at Sabour et al.'s size)."
+            if s.scale == "paper" else
+            "the paper's architectures with fewer maps (first conv 64 maps, 8 primary capsule types; "
+            "baseline convs 32-32-16 on 1-channel data, 32-64 on 3-channel data); the multi-layer "
+            "G-CapsNet (716K) at its paper size. The table says how many parameters each has.")
+         + (f" Extra settings for every model that has them: `{' '.join(s.extra)}`." if s.extra else ""),
+         f"- **AC-GAN images (table 3)**: {s.gan_family}, up to {s.gan_epochs} epochs "
+         f"({(s.gan_minutes or s.budget):g} minutes per epoch at most), {s.per_class} images per class after each.",
+         f"- **attacks**: {', '.join(s.attacks) or 'none'} on the first {s.attack_n} test images, seed-{s.seeds[0]} "
+         "models.",
+         f"- **machine**: {env['processor']}, {env['threads']} torch threads, torch {env['torch']}.", "",
+         "Reproduce with:", "", "```", s.command, "```", ""]
+
+    t2_lines, t2 = table2(s, st)
+    L += ["## Test error versus parameters (Chen et al., table 2)", "", *t2_lines]
+    if color:
+        L += ["Chen et al.'s CIFAR-10 G-CapsNets have 2.67M parameters, which leaves no room for a decoder "
+              "(one for 32x32x3 images alone has 3.7M), although the table lists them in its rows without "
+              "\"*\"; their figures therefore stand beside the models without reconstruction here. "
+              "capsgen's CapsNet always has its decoder.", ""]
+    L += ["### capsgen's paper-size networks against every count Chen et al. print", "", *count_rows()]
+
+    t3_lines, t3 = table3(s, st)
+    if t3_lines:
+        L += ["## Error on AC-GAN images (Chen et al., table 3)", "",
+              f"After each epoch of one {s.gan_family} run, {s.per_class} images of every class are drawn "
+              f"(files `acgan/epoch-N.npz`) and classified by every seed's baseline, FC and conv G-CapsNet "
+              "(mean ± sd over seeds, %). Chen et al. trained the AC-GAN on MNIST with one classifier each.", "",
+              *t3_lines]
+        for epoch in sorted(t3):
+            L += [f"epoch {epoch}: ![AC-GAN epoch {epoch}]({st[f'table3/epoch{epoch}']['grid']})", ""]
+    att = attacks_section(s, st)
+    if att:
+        L += ["## Adversarial attacks (Chen et al., 4.3 and supplementary 6.2)", "", *att]
+    L += ["## Did Chen et al.'s claims hold at this scale?", "", *claims(s, t2, t3, st), ""]
+    timing = results.get("timing", {})
+    L += ["## Timing", "", f"- this invocation: {env['this_invocation_seconds']:g} s",
+          "- stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in timing.items()), "",
+          "## One piece at a time", "", "```"]
+    for spec in s.model_specs()[:1]:
+        run = st.get(f"train/{spec.name}/seed{s.seeds[0]}")
+        if run:
+            path = shlex.quote(str(folder / run["run"]))
+            L.append(f"capsgen eval {path}")
+            L.append(f"capsgen attack {path} --method fgsm --n {s.attack_n} --out attacks-{spec.name}")
+    L += ["capsgen models    # the gcapsnet presets", "```", ""]
+    md = "\n".join(L)
+    path = folder / "report.md"
+    atomic_write_text(path, md)
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+    atomic_write_text(folder / "report.html",
+                      f"<!doctype html><html><head><meta charset='utf-8'><title>G-CapsNet reproduction – {s.data}"
+                      f"</title><style>{CSS}</style></head><body>{body}</body></html>")
+    return path
