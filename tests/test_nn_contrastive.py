@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from capsgen.nn import capsule_votes, dynamic_routing
 from capsgen.nn.contrastive import (CDOptimizer, capsule_reconstruction_error, coupled_inputs,
                                     decoder_cd_delta, encoder_cd_delta, free_energy,
                                     init_capsule_weight, mix_by_routing, route_forward,
@@ -177,6 +178,24 @@ def test_routing_coupling_is_detached_and_normalised_over_inputs():
     assert torch.allclose(c.sum(1), torch.ones(2, 3, dtype=DT))
     # cosine agreement moves the coupling away from uniform
     assert (c - 1 / 7).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_votes_free_coupling_equals_dynamic_routing(iterations):
+    """routing_coupling never builds the votes; it must equal capsgen's dynamic_routing on them."""
+    x = capsules(4, 30, 4, seed=50 + iterations)
+    W = weights(30, 5, 6, 4, seed=51)
+    _, c_ref = dynamic_routing(capsule_votes(x, W), iterations, "cosine", normalize="children",
+                               return_coupling=True)
+    assert torch.allclose(routing_coupling(x, W, iterations), c_ref, **TOL)
+
+
+def test_denormal_flushing_is_restored_after_a_cd_step():
+    x = capsules(2, 6, 3, seed=60)
+    W = weights(6, 2, 4, 3, seed=61, std=1e-3)      # tiny W: the model phase underflows
+    delta, m = encoder_cd_delta(x.float(), W.float(), 3)
+    assert torch.isfinite(delta).all()
+    assert float(torch.tensor([1e-40]) * 1.0) != 0.0   # denormals work again for the caller
 
 
 def test_one_cd_step_lowers_capsule_reconstruction_error():

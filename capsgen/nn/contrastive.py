@@ -33,42 +33,92 @@ batched matmul over the J output capsules. Python loops run only over routing it
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from capsgen.nn.layers import capsule_votes
-from capsgen.nn.routing import dynamic_routing
-from capsgen.nn.squash import squash
+from capsgen.nn.squash import EPS, safe_norm, squash
+
+
+# ----------------------------------------------------------------------------- denormals
+def _flush_denormals(fn):
+    """Run ``fn`` with CPU denormals flushed to zero, restoring the caller's setting.
+
+    From W ~ N(0, 0.01) the model phase is cubically small: the reconstruction xr_i is
+    ~1e-28 and the products in dW ~1e-60, deep in float32's denormal range, where the CPU's
+    slow path made one 576x8 -> 20x16 CD step (batch 64) take 1.5 s instead of 0.2 s
+    (measured: one bmm of dW, 655 ms vs 11 ms with flushing). Flushing changes nothing above
+    1e-38. torch.set_flush_denormal acts on the calling thread, so with several intra-op
+    threads the workers may still take the slow path while W is tiny.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        already = float(torch.tensor([1e-40]) * 1.0) == 0.0   # a denormal survives unless flushed
+        if not already:
+            torch.set_flush_denormal(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not already:
+                torch.set_flush_denormal(False)
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- routing pieces
-def routing_coupling(x: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
-                     agreement: str = "cosine") -> torch.Tensor:
+@_flush_denormals
+def routing_coupling(x: torch.Tensor, weight: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     """Coupling c [B, I, J] of routing by agreement of inputs x [B, I, Din] through W.
 
-    Hauser's normalisation sum_i c_ij = 1 (a softmax over the inputs i: each output capsule
-    takes a weighted *average* of its votes, eq. 3) and cosine agreement (section 2.2).
-    No gradient is taken: Algorithm 1 only reads c.
+    Hauser's choices: cosine agreement (section 2.2) and sum_i c_ij = 1, a softmax over the
+    inputs i, so each output capsule takes a weighted *average* of its votes (eq. 3). The same
+    algorithm as ``dynamic_routing(capsule_votes(x, W), iterations, "cosine",
+    normalize="children")`` (tested equal), computed without the [B, I, J, Dout] votes:
+        s_j          = sum_i c_ij W_ij x_i                     (bmm over j on c_ij x_i)
+        <u_ij, s_j>  = x_i . (W_ij^T s_j)                      (bmm over j, then a Din-dot)
+        ||u_ij||^2   = x_i^T (W_ij^T W_ij) x_i                 (once, through the Din x Din Grams)
+    Every tensor is [J, B, I(, Din)] — half the size of the votes since Din = Dout / 2 — and
+    the softmax runs over the contiguous last axis. Measured on 576x8 -> 20x16, batch 64, one
+    thread: 2.6x faster than votes + dynamic_routing. No gradient: Algorithm 1 only reads c.
     """
+    I, J, Dout, Din = weight.shape
+    B = x.shape[0]
     with torch.no_grad():
-        u_hat = capsule_votes(x, weight)
-        _, c = dynamic_routing(u_hat, iterations, agreement, grad_through_iterations=False,
-                               normalize="children", return_coupling=True)
-    return c
+        w_fwd = _weight_in_major(weight)                                  # [J, I*Din, Dout]
+        w_rev = _weight_out_major(weight)                                 # [J, Dout, I*Din]
+        gram = torch.matmul(weight.transpose(-1, -2), weight)             # [I, J, Din, Din]
+        gx = torch.bmm(x.transpose(0, 1), gram.permute(0, 2, 1, 3).reshape(I, Din, J * Din))
+        sq_len = torch.einsum("ibje,ibe->ibj", gx.view(I, B, J, Din), x.transpose(0, 1))   # [I, B, J]
+        inv_len = (sq_len + EPS).rsqrt().permute(2, 1, 0)                # [J, B, I]
+        xj = x.unsqueeze(0)                                               # [1, B, I, Din]
+        logits = x.new_zeros(J, B, I)
+        for _ in range(iterations - 1):   # the last iteration's agreement is never used
+            c = torch.softmax(logits, dim=-1)
+            s = torch.bmm((c.unsqueeze(-1) * xj).reshape(J, B, I * Din), w_fwd)     # [J, B, Dout]
+            s_unit = s / safe_norm(s, keepdim=True)
+            # <u_ij, s_unit_j>; einsum's contraction measured 2x faster than mul + sum(-1)
+            dots = torch.einsum("jbie,bie->jbi", torch.bmm(s_unit, w_rev).view(J, B, I, Din), x)
+            logits = logits + dots * inv_len
+        return torch.softmax(logits, dim=-1).permute(1, 2, 0)
 
 
 def coupled_inputs(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """c_ij x_i laid out [J, B, I * Din] — the left factor of both the forward route and dW."""
     B, I, Din = x.shape
     J = c.shape[2]
-    return (c.permute(2, 0, 1).unsqueeze(-1) * x.unsqueeze(0)).reshape(J, B, I * Din)
+    return (c.permute(2, 0, 1).contiguous().unsqueeze(-1) * x.unsqueeze(0)).reshape(J, B, I * Din)
 
 
 def _weight_in_major(weight: torch.Tensor) -> torch.Tensor:
     """W [I, J, Dout, Din] -> [J, I * Din, Dout], so z_j = (c x)_j @ W_j is one bmm over j."""
     I, J, Dout, Din = weight.shape
     return weight.permute(1, 0, 3, 2).reshape(J, I * Din, Dout)
+
+
+def _weight_out_major(weight: torch.Tensor) -> torch.Tensor:
+    """W [I, J, Dout, Din] -> [J, Dout, I * Din], so W_ij^T y_j for all i is one bmm over j."""
+    I, J, Dout, Din = weight.shape
+    return weight.permute(1, 2, 0, 3).reshape(J, Dout, I * Din)
 
 
 def route_forward(x: torch.Tensor, weight: torch.Tensor, c: torch.Tensor,
@@ -85,14 +135,13 @@ def route_forward(x: torch.Tensor, weight: torch.Tensor, c: torch.Tensor,
 def route_reverse(y: torch.Tensor, weight: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """zr_i = sum_j c_ij W_ij^T y_j with the forward coupling: y [B, J, Dout] -> [B, I, Din].
 
-    W^T y_j for all (i, j) first ([J, B, I * Din], one bmm over j), then the c-weighted sum
+    W^T y_j for all (i, j) first ([J, B, I, Din], one bmm over j), then the c-weighted sum
     over j — cheaper than weighting the [B, I, J, Dout] outputs because Din < Dout here.
     """
     I, J, Dout, Din = weight.shape
     B = y.shape[0]
-    w = weight.permute(1, 2, 0, 3).reshape(J, Dout, I * Din)
-    t = torch.bmm(y.transpose(0, 1), w).view(J, B, I, Din)
-    return torch.einsum("jbie,bij->bie", t, c)
+    t = torch.bmm(y.transpose(0, 1), _weight_out_major(weight)).view(J, B, I, Din)
+    return torch.einsum("jbie,jbi->bie", t, c.permute(2, 0, 1))
 
 
 def energy_factor(z: torch.Tensor) -> torch.Tensor:
@@ -126,6 +175,7 @@ class Mixing:
     coupled_model: torch.Tensor     # [J, B, I * Din], c_ij xr_i
 
 
+@_flush_denormals
 def mix_by_routing(x: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
                    c: torch.Tensor | None = None) -> Mixing:
     """Run Algorithm 1's routing, forward, reverse and forward-again passes on x [B, I, Din].
@@ -159,17 +209,22 @@ def outer_sum(factor: torch.Tensor, coupled: torch.Tensor, in_dim: int) -> torch
     return d.permute(2, 0, 1, 3)                                   # [I, J, Dout, Din]
 
 
+@_flush_denormals
 def contrastive_delta(out_pos: torch.Tensor, coupled_pos: torch.Tensor, out_neg: torch.Tensor,
                       coupled_neg: torch.Tensor, in_dim: int) -> torch.Tensor:
     """2 mean_b c_ij ( f(out_pos)_j in_pos_i^T - f(out_neg)_j in_neg_i^T ),  f = energy_factor.
 
     out_* [B, J, Dout]; coupled_* [J, B, I * Din] = c_ij in_i (see :func:`coupled_inputs`).
-    Returns dW [I, J, Dout, Din]. Both phases go through one bmm over j with 2B rows.
+    Returns dW [I, J, Dout, Din]. One bmm and one baddbmm over j.
     """
     B = out_pos.shape[0]
-    factor = torch.cat([energy_factor(out_pos), -energy_factor(out_neg)], dim=0)  # [2B, J, Dout]
-    coupled = torch.cat([coupled_pos, coupled_neg], dim=1)                         # [J, 2B, I*Din]
-    return outer_sum(factor, coupled, in_dim).mul(2.0 / B).contiguous()
+    J, Dout = out_pos.shape[1], out_pos.shape[2]
+    # Two bmm's and a subtraction: no concatenated [J, 2B, I*Din] copy. (baddbmm with
+    # alpha=-1 measured 7x slower than this on CPU.)
+    d = torch.bmm(energy_factor(out_pos).permute(1, 2, 0), coupled_pos)
+    d -= torch.bmm(energy_factor(out_neg).permute(1, 2, 0), coupled_neg)
+    d = d.view(J, Dout, -1, in_dim).permute(2, 0, 1, 3)                  # [I, J, Dout, Din]
+    return d.mul(2.0 / B).contiguous()
 
 
 def encoder_cd_delta(x: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
@@ -195,6 +250,7 @@ class DecoderMixing:
     x_code_rec: torch.Tensor | None
 
 
+@_flush_denormals
 def decoder_cd_delta(code: torch.Tensor, target: torch.Tensor, weight_u: torch.Tensor,
                      iterations: int = 3, rule: str = "gaussian", e: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, DecoderMixing]:
@@ -246,6 +302,7 @@ def decoder_cd_delta(code: torch.Tensor, target: torch.Tensor, weight_u: torch.T
     return delta, DecoderMixing(e, decoded, x_code_rec)
 
 
+@_flush_denormals
 def decode_capsules(code: torch.Tensor, weight_u: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     """Decoded capsules zr_i = sum_j e_ji U_ji x_j [B, I, Din] for a code [B, J, Dout]."""
     with torch.no_grad():

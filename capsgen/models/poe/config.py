@@ -1,0 +1,66 @@
+"""Settings of Hauser's products of expert capsules; torch-free, so the CLI can read it cheaply.
+
+Training has three phases, each on its own parameters (paper figure 1):
+  1. the convolutional autoencoder, by backprop on pixel reconstruction (Adam), then frozen;
+  2. the capsule encoder W (576 x 8-D -> 20 x 16-D), by contrastive divergence (Algorithm 1);
+  3. the capsule decoder U (20 x 16-D -> 576 x 8-D), W fixed.
+The paper gives the architecture and Algorithm 1 but no step counts, learning rates, L2 weight
+or dropout rate; the defaults below come from mnist-5k runs noted beside them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capsgen.config import FamilyConfig, opt
+
+AE_LOSSES = ("bce", "mse")
+DECODER_RULES = ("gaussian", "hauser")   # the names of capsgen.nn.contrastive.DECODER_RULES
+
+
+@dataclass
+class PoEConfig(FamilyConfig):
+    # --- convolutional autoencoder front end (section 4.1) ---
+    ae_channels: int = opt(128, min=1)        # both filter banks: [9, 9, C, 128], [9, 9, 128, 128]
+    ae_kernel: int = opt(9, min=1)
+    ae_stride: int = opt(2, min=1)            # of the second bank; 28x28 -> 20x20 -> 6x6
+    leaky_slope: float = opt(0.2, min=0)      # tf.nn.leaky_relu's default (the paper used TensorFlow)
+    dropout: float = opt(0.1, min=0, max=0.9)  # after both encoder activations while the AE trains
+    ae_loss: str = opt("bce", choices=AE_LOSSES)   # per pixel against the sigmoid output
+    ae_lr: float = opt(1e-3, gt=0)            # Adam
+    ae_steps: int = opt(500, min=0)
+    # --- capsules ---
+    primary_dim: int = opt(8, min=1)          # 6 x 6 x 128 / 8 = 576 capsules of 8-D
+    code_capsules: int = opt(20, min=1)
+    code_dim: int = opt(16, min=1)
+    routing_iterations: int = opt(3, min=1)
+    init_std: float = opt(0.01, gt=0)         # W, U ~ N(0, 0.01) read as a standard deviation
+    # Not in the paper: subtract the training mean of each primary capsule before W (and add it
+    # back after U). On mnist-5k two thirds of the capsules' energy is that mean (background
+    # positions give the same capsule for every image), and Algorithm 1 on the raw capsules
+    # collapsed every code capsule onto one direction for all images (mean resultant length
+    # > 0.9995; a logistic probe on the code directions: 6.5 % digit accuracy, chance 10 %);
+    # centred, the same 150 steps gave resultant 0.03, probe 54.5 %, and capsule error 0.064
+    # below the mean-capsule baseline 0.106 (raw: 0.16, above it).
+    centre_capsules: bool = opt(False)
+    # --- encoder W: Algorithm 1 with SGD momentum, L2 and learning-rate decay ---
+    # The coupling averages 576 votes (sum_i c_ij = 1), so dW is ~1/576 of a per-pair rule and
+    # the learning rate is correspondingly large.
+    w_lr: float = opt(300.0, gt=0)
+    w_momentum: float = opt(0.9, min=0, max=0.999)
+    w_weight_decay: float = opt(1e-6, min=0)  # lr x decay is the per-step shrink: 3e-4 here
+    w_lr_decay: float = opt(0.5, gt=0, max=1)  # the learning rate halves every w_decay_every steps
+    w_decay_every: int = opt(1000, min=1)
+    w_steps: int = opt(500, min=0)
+    # --- decoder U ---
+    decoder_rule: str = opt("gaussian", choices=DECODER_RULES)   # hauser: section 4.1 as written (diverges)
+    u_lr: float = opt(0.5, gt=0)
+    u_momentum: float = opt(0.9, min=0, max=0.999)
+    u_weight_decay: float = opt(0.0, min=0)
+    u_lr_decay: float = opt(0.5, gt=0, max=1)
+    u_decay_every: int = opt(1000, min=1)
+    u_steps: int = opt(500, min=0)
+
+    def validate(self) -> None:
+        if self.ae_channels % self.primary_dim:
+            raise ValueError(f"model.ae_channels={self.ae_channels} must be a multiple of "
+                             f"model.primary_dim={self.primary_dim} (channels are grouped into capsules)")
