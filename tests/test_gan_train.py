@@ -84,7 +84,7 @@ SMALL_KERNELS = ["--set", "d_conv_kernel=3", "--set", "d_primary_kernel=3"]
 @pytest.mark.parametrize("args,message", [
     (["capsulegan", "--preset", "nope", *SMALL_KERNELS],
      "unknown preset 'nope' for capsulegan; choose one of: jaiswal, jaiswal-2caps, karmakar"),
-    (["capsnet", "--preset", "karmakar"], "unknown preset 'karmakar' for capsnet; it has no presets"),
+    (["capsnet", "--preset", "karmakar"], "unknown preset 'karmakar' for capsnet"),
     (["dcgan", "--set", "discriminator=caps1", *SMALL_KERNELS], "not one of this family's: conv"),
     (["capsulegan", "--set", "objective=wgan", *SMALL_KERNELS], "choose one of: bce, margin, lsgan"),
     (["capsulegan"], "too small for kernels 9 and 9"),   # the CPU defaults are for 28x28 and up
