@@ -124,6 +124,7 @@ def test_other_settings_in_the_same_folder_are_refused(fast, capsys):
     (["--gan-family", "capsnet"], "cannot draw images of a chosen class"),
     (["--models", "multilayer"], "none of --models multilayer trains on 1-channel data"),
     (["--seeds", "1,1"], "--seeds must be distinct"),
+    (["--set", "train.batch_size=8"], "the reproduction sets it; use --batch-size"),
 ])
 def test_bad_input_is_one_line_and_makes_no_folder(tmp_path, capsys, args, message):
     base = ["--data", "digits", "--budget", "0.05", *SHRINK]

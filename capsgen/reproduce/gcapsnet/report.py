@@ -78,7 +78,7 @@ def table2(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[str, dict[s
                      _n(round(statistics.fmean(d["steps"] for d in done))),
                      f"{statistics.fmean(d['epochs'] for d in done):.2f}", _paper_error(row, color)])
     head = ["model", "what", "Chen et al.'s row", "params here", "params (Chen et al.)",
-            f"test error % here (mean ± sd, {len(s.seeds)} seeds)", "per seed", "steps", "epochs",
+            f"test error % here (mean ± sd, {len(s.seeds)} seed{'s' if len(s.seeds) > 1 else ''})", "per seed", "steps", "epochs",
             f"Chen et al. error % ({'CIFAR-10' if color else 'MNIST'})"]
     return _table(head, rows), summary
 

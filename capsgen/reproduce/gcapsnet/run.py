@@ -107,6 +107,12 @@ def applicable(family: str, base: list[str], extra: tuple[str, ...]) -> list[str
     return [p for p in keep if (k := p.split("=", 1)[0].strip()) not in void and f"model.{k}" not in void]
 
 
+# Train fields the reproduction sets from its own options (a --set of them would undo the
+# settings results.json records).
+OWN_FLAGS = {"data": "--data", "data_dir": "--data-dir", "seed": "--seeds", "batch_size": "--batch-size",
+             "minutes": "--budget", "epochs": "--epochs", "steps": "--budget / --epochs"}
+
+
 def check_extra(extra: tuple[str, ...], families: list[str]) -> None:
     """A ``--set`` key that no model of the reproduction has is a mistake: say so in one line."""
     from capsgen.models import get_family
@@ -118,6 +124,8 @@ def check_extra(extra: tuple[str, ...], families: list[str]) -> None:
             raise CapsgenError(f"--set expects key=value, got {pair!r}")
         key = pair.split("=", 1)[0].strip()
         section, _, name = key.rpartition(".")
+        if section in ("", "train") and name in OWN_FLAGS:
+            raise CapsgenError(f"--set {key}: the reproduction sets it; use {OWN_FLAGS[name]}")
         if section not in ("", "train", "model") or name not in names.get(section, names["train"] | names["model"]):
             raise CapsgenError(f"--set {key}: no model of this experiment has that field "
                                f"({', '.join(families)}; e.g. model.lr, train.threads)")
@@ -174,7 +182,7 @@ def train_model(spec: ModelSpec, s: Settings, seed: int, folder: Path, test: Any
     x, y = test
     error = (_scores(task, x).argmax(1) != y).float().mean().item()
     out = {"run": str(run_dir.relative_to(folder)), "steps": meta["state"]["step"], "seconds": round(meta["state"]["elapsed"], 1),
-           "epochs": round(meta["state"]["step"] * s.batch_size / cfg["data"]["train_size"], 3),
+           "epochs": round(meta["state"]["step"] * cfg["train"]["batch_size"] / cfg["data"]["train_size"], 3),
            "test_error": error, "test_n": len(y),
            "params": sum(p.numel() for m in task.modules.values() for p in m.parameters()),
            "preset": spec.preset_for(s.channels), "model": cfg["model"]}
