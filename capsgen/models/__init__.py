@@ -7,7 +7,7 @@ one line below. Nothing else in capsgen needs to change (docs/architecture.md).
 from __future__ import annotations
 
 from capsgen.errors import ConfigError
-from capsgen.models import acgan, capsnet, classifier, gan, gcapsnet
+from capsgen.models import acgan, capsnet, classifier, gan, gcapsnet, vcaps
 from capsgen.models.family import Family
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -17,6 +17,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     gan.CAPSULEGAN,
     acgan.FAMILY,
     gcapsnet.FAMILY,
+    vcaps.FAMILY,
 )}
 
 
