@@ -142,6 +142,8 @@ def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Pa
     out = writable(out, ".npz")
     grid_path = writable(grid, ".png") if grid else None
     opened = open_for(run_dir, "generate", device=device)
+    if attributes:   # what the run can do comes first, then whether the names are its own
+        require(opened, "attribute-conditional")
     attr = parse_attributes(attributes, opened.info.attribute_names, str(opened.run.path)) if attributes else None
     images = draw(opened, n, seed, label, attr)
     arr = to_uint8_hwc(images)
