@@ -4,7 +4,10 @@ The paper's shapes: 576 primary capsules of 8-D -> 20 code capsules of 16-D, 3 r
 iterations, a batch of squashed random capsules. One CD step = routing by agreement (votes
 for all (i, j) pairs, 3 iterations of cosine agreement with softmax over the inputs) + the
 forward / reverse / forward-again routes with that coupling + dW (eq. 18) + the SGD update.
-Both parts are timed inside the same steps, so the share is measured in one run.
+Both parts are timed inside the same steps, so the share is measured in one run. The same run
+also times capsgen's generic routing (votes [B, I, J, Dout] + dynamic_routing, cosine, softmax
+over the inputs) on the same inputs, interleaved with the steps: the routing the CD rule would
+use without its votes-free coupling.
 
     OMP_NUM_THREADS=1 python benchmarks/poe_cd.py [--batch 64] [--steps 20]
 
@@ -17,7 +20,7 @@ import time
 
 import torch
 
-from capsgen.nn import squash
+from capsgen.nn import capsule_votes, dynamic_routing, squash
 from capsgen.nn.contrastive import CDOptimizer, encoder_cd_delta, init_capsule_weight, routing_coupling
 
 
@@ -44,17 +47,28 @@ def main() -> None:
         opt.step(W, delta)
         return t1 - t0, time.perf_counter() - t0
 
+    def generic() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            dynamic_routing(capsule_votes(x, W), args.iterations, "cosine", grad_through_iterations=False,
+                            normalize="children", return_coupling=True)
+        return time.perf_counter() - t0
+
     for _ in range(2):  # warm-up
         step()
-    routing = total = 0.0
+        generic()
+    routing = total = generic_total = 0.0
     for _ in range(args.steps):
         r, t = step()
         routing += r
         total += t
+        generic_total += generic()
     print(f"threads={torch.get_num_threads()} batch={args.batch} shapes={args.inputs}x{args.in_dim}"
           f"->{args.outputs}x{args.out_dim} iterations={args.iterations} steps={args.steps}")
     print(f"step {1e3 * total / args.steps:.1f} ms (routing {1e3 * routing / args.steps:.1f} ms, "
           f"the rest {1e3 * (total - routing) / args.steps:.1f} ms); {args.batch * args.steps / total:.1f} capsule sets/s")
+    print(f"generic votes + dynamic_routing coupling: {1e3 * generic_total / args.steps:.1f} ms "
+          f"({generic_total / routing:.2f}x the votes-free coupling)")
     print(f"cd_steps_per_s={args.steps / total:.3f} routing_share={routing / total:.3f}")
 
 

@@ -35,7 +35,7 @@ from capsgen.errors import CapsgenError
 from capsgen.models.poe.config import PoEConfig
 from capsgen.nn.contrastive import (CDOptimizer, capsule_reconstruction_error, decode_capsules,
                                     decoder_cd_delta, encoder_cd_delta, init_capsule_weight,
-                                    route_forward, routing_coupling)
+                                    mix_by_routing, route_forward, routing_coupling)
 from capsgen.nn.squash import safe_norm, squash, unsquash
 
 
@@ -248,8 +248,6 @@ class PoECapsules(nn.Module):
         """Per-stage errors on images [B, C, H, W]: ae_mse (pixels, AE alone), w_recon (capsules,
         W's reverse route), u_recon (capsules, U's decoding of W's code), pixel_mse (pixels,
         whole model)."""
-        from capsgen.nn.contrastive import mix_by_routing
-
         caps = self.visible_capsules(images)
         with torch.no_grad():
             ae_mse = F.mse_loss(self.ae(images), images)
@@ -296,7 +294,13 @@ class PoECapsules(nn.Module):
                      generator: torch.Generator) -> torch.Tensor:
         """Codes [n, J, Dout]: one capsule holds squash(g), g ~ N(0, I) (flipped into the half
         <g, m_j> >= 0 when ``restricted``), the others zero. ``capsule_index`` None draws the
-        capsule of each sample uniformly."""
+        capsule of each sample uniformly.
+
+        As in the paper, the zero capsules still take part in U's routing: their votes are zero
+        but they keep a share of each coupling (sum_j e_ji = 1), so after 3 iterations the live
+        capsule carries e^2 / (e^2 + J - 1) = 0.28 of each decoded capsule for J = 20, where in
+        training every capsule was on.
+        """
         J, D = self.directions.shape
         dev, dt = self.directions.device, self.directions.dtype
         if capsule_index is not None and not 0 <= capsule_index < J:
