@@ -44,6 +44,12 @@ class FamilyConfig:
         (e.g. routing iterations with one parent capsule); setting one of them is refused."""
         return {}
 
+    def fixed_steps(self) -> tuple[int, str] | None:
+        """``(steps, "how they add up")`` when the family's config fixes the length of a run (a
+        schedule of stages, e.g. poe's autoencoder, W and U steps); None: the train budget
+        (--steps/--epochs/--minutes) decides. See :func:`fit_train_budget`."""
+        return None
+
 
 @dataclass
 class TrainConfig:
@@ -52,6 +58,7 @@ class TrainConfig:
     family: str = "capsnet"
     data: str = "fashion-mnist"
     data_dir: str | None = None
+    image_size: int | None = opt(None, min=4)     # centre-crop and resize every image to this square size
     seed: int = opt(0, min=0)
     batch_size: int = opt(100, min=1)
     steps: int | None = opt(None, min=1)          # total optimisation steps; wins over epochs
@@ -65,6 +72,23 @@ class TrainConfig:
     threads: int | None = opt(None, min=1)        # torch intra-op threads (None = torch default)
     precision: str = opt("fp32", choices=("fp32", "bf16"))   # bf16: autocast around train_step
     world_size: int = opt(1, min=1)               # processes (torchrun); a resume must use as many
+
+
+def fit_train_budget(tcfg: TrainConfig, mcfg: Any) -> None:
+    """For a family whose config fixes the run's length: steps = that length, in place.
+
+    A different ``steps`` or any ``epochs`` is refused with one line (the stages would not add
+    up); ``minutes`` still caps the wall clock, and a capped run is finished by resuming it.
+    """
+    fixed = mcfg.fixed_steps() if isinstance(mcfg, FamilyConfig) else None
+    if fixed is None:
+        return
+    total, how = fixed
+    if tcfg.epochs is not None or (tcfg.steps is not None and tcfg.steps != total):
+        given = f"--epochs {tcfg.epochs:g}" if tcfg.epochs is not None else f"--steps {tcfg.steps}"
+        raise ConfigError(f"a {tcfg.family} run trains exactly {total} steps ({how}); change those fields "
+                          f"instead of {given} (--minutes still caps the time)")
+    tcfg.steps = total
 
 
 def _parse_value(raw: str, annotation: Any, key: str) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from capsgen import __version__
-from capsgen.config import TrainConfig, apply_overrides, check_config, from_dict, to_dict
+from capsgen.config import TrainConfig, apply_overrides, check_config, fit_train_budget, from_dict, to_dict
 from capsgen.data import ImageData, load_split
 from capsgen.data.batch import Batch
 from capsgen.errors import CapsgenError, ConfigError
@@ -56,7 +56,8 @@ def info_from_config(run: RunDir, raw: dict) -> DataInfo:
 
 
 def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData]:
-    return (load_split(cfg.data, "train", cfg.data_dir), load_split(cfg.data, "test", cfg.data_dir))
+    return tuple(load_split(cfg.data, split, cfg.data_dir, image_size=cfg.image_size)
+                 for split in ("train", "test"))
 
 
 def build_task(cfg: TrainConfig, model_cfg: Any, info: DataInfo, device: torch.device | str = "cpu",
@@ -97,6 +98,7 @@ def make_configs(family: str, pairs: list[str], preset: str | None = None,
     apply_overrides({"train": tcfg, "model": mcfg}, ppairs + list(pairs))
     check_config(tcfg, "train")
     check_config(mcfg, "model")
+    fit_train_budget(tcfg, mcfg)
     user_keys = {p.split("=", 1)[0].strip() for p in pairs}
     for key, why in mcfg.ineffective().items():
         if key in user_keys or key.split(".", 1)[1] in user_keys:
@@ -123,6 +125,7 @@ def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = Tr
     tcfg = dataclasses.replace(tcfg, world_size=dist.world_size)
     check_config(tcfg, "train")
     check_config(mcfg, "model")
+    fit_train_budget(tcfg, mcfg)
     if dist.is_main:
         run.check_new()
     _set_threads(tcfg)
@@ -202,6 +205,7 @@ def resume(path: str | Path, steps: int | None = None, epochs: float | None = No
     if minutes is not None:
         tcfg.minutes = minutes
     check_config(tcfg, "train")
+    fit_train_budget(tcfg, mcfg)
     info = info_from_config(run, run.read_config())
     plan(tcfg, info.train_size)
     last = run.checkpoint("last")
@@ -238,7 +242,8 @@ class OpenRun:
 
     def split(self, name: str = "test", data_dir: str | None = None) -> ImageData:
         """Read the run's dataset split (only when asked: reopening reads no data)."""
-        return load_split(self.train_config.data, name, data_dir or self.train_config.data_dir)
+        return load_split(self.train_config.data, name, data_dir or self.train_config.data_dir,
+                          image_size=self.train_config.image_size)
 
     def test_batch(self, n: int | None = None, data_dir: str | None = None) -> Batch:
         batch = self.split("test", data_dir).to_batch()

@@ -313,3 +313,27 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
         if proc.returncode != 0 and run.exists():
             # whatever is left can be resumed or is nothing at all
             assert not any(run.iterdir()) or (run / "checkpoints" / "last.safetensors").exists()
+
+
+def test_mixed_image_sizes_advice_can_be_followed(tmp_path, capsys):
+    from PIL import Image
+
+    data = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for k in range(12):
+            side = 10 if k % 2 else 12
+            Image.new("L", (side, side), color=40 * k % 255).save(data / cls / f"{k}.png")
+    base = ["train", "example", "--data", "folder", "--data-dir", str(data), "--batch-size", "4", "--steps", "2",
+            "--no-progress"]
+    from capsgen.models import FAMILIES
+    from tests import example_family
+
+    FAMILIES["example"] = example_family.FAMILY
+    try:
+        err = one_line_error(capsys, [*base, "--out", str(tmp_path / "r1")])
+        assert "--set train.image_size=N" in err and not (tmp_path / "r1").exists()
+        assert main([*base, "--set", "train.image_size=8", "--out", str(tmp_path / "r2")]) == 0
+        assert json.loads((tmp_path / "r2" / "config.json").read_text())["data"]["shape"] == [1, 8, 8]
+    finally:
+        del FAMILIES["example"]

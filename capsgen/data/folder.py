@@ -157,8 +157,8 @@ def _check_images(groups: list[list[Path]], image_size: int | None) -> tuple[int
         grey = grey and mode in GREY_MODES
         if image_size is None and size != first_size:
             raise data_error(path, f"image is {size[0]}x{size[1]} but {first.name} is "
-                                   f"{first_size[0]}x{first_size[1]}; pass image_size to resize all images "
-                                   "to one square size")
+                                   f"{first_size[0]}x{first_size[1]}; give --set train.image_size=N "
+                                   "to resize every image to N x N")
     return (1 if grey else 3), first_size
 
 

@@ -96,7 +96,7 @@ def load_split(
         data = spec.loader(None if directory is None else Path(directory), split, image_size, limit)
     except MemoryError:  # readers check their sizes first; this is the last line of defence
         raise DataError(f"{directory or spec.name}: not enough memory to load the {split} split of "
-                        f"{spec.name}; read fewer or smaller images (limit, image_size)") from None
+                        f"{spec.name}; read smaller images (--set train.image_size=N)") from None
     except OSError as exc:  # likewise: a reader should have named the problem itself
         raise DataError(one_line(f"{exc.filename or directory or spec.name}: {os_reason(exc)}")) from None
     data.name, data.split = spec.name, split
