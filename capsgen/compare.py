@@ -37,7 +37,7 @@ def _real_test(data: str, data_dir: str | None, n: int, seed: int) -> torch.Tens
 
 
 def battle(run_a: str | Path, run_b: str | Path, n: int = 1000, seed: int = 0, tol: float = 0.05,
-           data_dir: str | None = None) -> dict[str, Any]:
+           data_dir: str | None = None, device: str | None = "cpu") -> dict[str, Any]:
     """GAM battle of two generative runs (A against B; the paper puts CapsuleGAN as A).
 
     Each generator draws ``n`` samples (latents seeded by ``seed``); each discriminator scores
@@ -53,7 +53,7 @@ def battle(run_a: str | Path, run_b: str | Path, n: int = 1000, seed: int = 0, t
         raise CapsgenError(f"--n must be a positive number of samples, got {n}")
     if Path(run_a).resolve() == Path(run_b).resolve():
         raise CapsgenError("a battle needs two different runs; got the same folder twice")
-    oa, ob = open_for(run_a, "generate"), open_for(run_b, "generate")
+    oa, ob = open_for(run_a, "generate", device=device), open_for(run_b, "generate", device=device)
     task_a, task_b = require(oa, "discriminate"), require(ob, "discriminate")
     ra, rb, ta, tb = oa.run, ob.run, oa.train_config, ob.train_config
     if ta.data != tb.data or oa.info.shape != ob.info.shape:
@@ -98,8 +98,8 @@ def format_battle(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _unlabelled_images(source: str | Path | np.ndarray, data: str | None, generated: int, seed: int
-                       ) -> tuple[str, str | None, np.ndarray, str]:
+def _unlabelled_images(source: str | Path | np.ndarray, data: str | None, generated: int, seed: int,
+                       device: str | None = "cpu") -> tuple[str, str | None, np.ndarray, str]:
     """(data, data_dir, uint8 [m, H, W, C], kind) from a generative run, a .npz of samples or an array."""
     from capsgen.data.registry import get_spec
     from capsgen.eval.report_metrics import read_samples_npz
@@ -119,7 +119,7 @@ def _unlabelled_images(source: str | Path | np.ndarray, data: str | None, genera
             raise CapsgenError(f"{source} holds {len(images)} images, fewer than --generated {generated}; "
                                "lower --generated or sample more")
         return get_spec(data).name, None, images[:generated], "file"
-    run_data, data_dir, images = generate_images(str(source), generated, seed)
+    run_data, data_dir, images = generate_images(str(source), generated, seed, device)
     if data and get_spec(data).name != run_data:
         raise CapsgenError(f"{source} was trained on {run_data}, not {data}; leave --data out")
     return run_data, data_dir, images, "run"
@@ -127,7 +127,8 @@ def _unlabelled_images(source: str | Path | np.ndarray, data: str | None, genera
 
 def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: tuple[int, ...] = SEMISUP_LABELLED,
             generated: int = SEMISUP_GENERATED, seed: int = 0, data_dir: str | None = None,
-            test_n: int | None = None, progress: bool = True, draw: str = "balanced") -> dict[str, Any]:
+            test_n: int | None = None, progress: bool = True, draw: str = "balanced",
+            device: str | None = "cpu") -> dict[str, Any]:
     """Label Spreading test error with n labelled real images + ``generated`` unlabelled ones.
 
     ``source`` is a generative run, a .npz of uint8 [N, H, W, C] samples, such an array (e.g.
@@ -148,7 +149,7 @@ def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: 
         raise CapsgenError(f"--labelled must list positive counts, e.g. 100,1000,10000; got {labelled}")
     kind = "none"
     if source is not None and generated > 0:
-        data, src_dir, unl, kind = _unlabelled_images(source, data, generated, seed)
+        data, src_dir, unl, kind = _unlabelled_images(source, data, generated, seed, device)
         data_dir = data_dir or src_dir
         unl = unl.reshape(len(unl), -1).astype(np.float32) / 255.0
     elif not data:

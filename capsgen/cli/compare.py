@@ -7,6 +7,7 @@ from capsgen.errors import CapsgenError
 
 
 def add_parsers(sub) -> None:
+    from capsgen.cli import add_device
     from capsgen.data import dataset_names
     from capsgen.reproduce.capsulegan import labelled_counts
 
@@ -17,6 +18,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--tol", type=float, default=0.05, help="|r - 1| <= tol counts as r ≈ 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="folder holding the dataset's standard files")
+    add_device(p, "cpu")
     p.set_defaults(func=cmd_battle)
     p = sub.add_parser("semisup", help="Label Spreading error with generated images as unlabelled "
                        "data (Jaiswal et al. 2018 §5.4)")
@@ -28,6 +30,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--generated", type=int, default=50_000, help="generated unlabelled images (default 50000)")
     p.add_argument("--test-n", type=int, help="score on the first N real test images (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets and the latents")
+    add_device(p, "cpu")
     p.set_defaults(func=cmd_semisup)
 
 
@@ -36,7 +39,8 @@ def cmd_battle(args) -> int:
 
     if not 0 <= args.tol < 1:
         raise CapsgenError(f"--tol must be in [0, 1), got {args.tol}")
-    res = battle(args.run_a, args.run_b, n=args.n, seed=args.seed, tol=args.tol, data_dir=args.data_dir)
+    res = battle(args.run_a, args.run_b, n=args.n, seed=args.seed, tol=args.tol, data_dir=args.data_dir,
+                 device=args.device)
     print(json.dumps(res))
     print(format_battle(res))
     return 0
@@ -48,7 +52,7 @@ def cmd_semisup(args) -> int:
     if args.test_n is not None and args.test_n < 1:
         raise CapsgenError(f"--test-n must be positive, got {args.test_n}")
     res = semisup(args.source, args.data, args.labelled, args.generated, seed=args.seed,
-                  data_dir=args.data_dir, test_n=args.test_n)
+                  data_dir=args.data_dir, test_n=args.test_n, device=args.device)
     print(json.dumps(res))
     print(format_semisup(res))
     return 0

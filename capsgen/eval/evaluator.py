@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from capsgen.errors import CapsgenError
+from capsgen.train.rundir import RunDir
 
 RECIPE_VERSION = 1          # bump when the classifier code changes what a recipe trains
 META_FILE = "evaluator.json"
@@ -215,7 +216,7 @@ def load_evaluator(path: str | os.PathLike, expect_key: str | None = None) -> Ev
         raise CorruptCache(f"{meta_path}: unreadable or incomplete ({type(exc).__name__}: {exc})") from None
     if expect_key is not None and meta["key"] != expect_key:
         raise CorruptCache(f"{meta_path}: records key {meta['key']}, expected {expect_key}")
-    ckpt = path / "checkpoints" / f"{CHECKPOINT}.safetensors"
+    ckpt = RunDir(path).checkpoint(CHECKPOINT)
     if not ckpt.is_file():
         raise CorruptCache(f"{ckpt}: checkpoint missing")
     if _sha256(ckpt) != meta["sha256"]:
