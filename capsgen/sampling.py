@@ -18,7 +18,7 @@ import torch
 
 from capsgen.errors import CapsgenError
 from capsgen.runs import OpenRun, open_run
-from capsgen.train.capabilities import capabilities_of
+from capsgen.train.capabilities import CapsuleSampling, capabilities_of
 
 MAX_GRID = 100   # images in a --grid picture
 
@@ -60,14 +60,36 @@ def parse_attributes(text: str, names: list[str] | None, run: str) -> torch.Tens
     return vec
 
 
+def capsule_task(opened: OpenRun, capsule: int | None) -> Any:
+    """The run's task if it samples by code capsule (:class:`CapsuleSampling`), the index checked;
+    else one line naming the families that do."""
+    task = require(opened, "generate")
+    if not isinstance(task, CapsuleSampling):
+        from capsgen.models import FAMILIES
+
+        have = [f.name for f in FAMILIES.values() if issubclass(f.task(), CapsuleSampling)]
+        raise CapsgenError(f"{opened.run.path} is a {opened.train_config.family} run, which has no code capsules "
+                           f"to choose from; --capsule and --domain need a run of: {', '.join(have) or 'none'}")
+    if capsule is not None and not 0 <= capsule < task.num_capsules():
+        raise CapsgenError(f"--capsule {capsule} is out of range; {opened.run.path} has capsules "
+                           f"0..{task.num_capsules() - 1}")
+    return task
+
+
 def draw(opened: OpenRun, n: int, seed: int = 0, label: int | None = None,
-         attributes: torch.Tensor | None = None) -> torch.Tensor:
-    """n images [n, C, H, W] in [0, 1]: from the prior, of class ``label``, or with ``attributes`` [A]."""
+         attributes: torch.Tensor | None = None, capsule: int | None = None,
+         domain: str | None = None) -> torch.Tensor:
+    """n images [n, C, H, W] in [0, 1]: from the prior, of class ``label``, with ``attributes`` [A],
+    or from code ``capsule`` and/or pose ``domain`` ("full" | "restricted") of a capsule model."""
     if n < 1:
         raise CapsgenError(f"--n must be a positive number of images, got {n}")
     g = torch.Generator().manual_seed(seed)
-    if label is not None and attributes is not None:
-        raise CapsgenError("give --class or --attributes, not both")
+    if sum(v is not None for v in (label, attributes, capsule)) > 1:
+        raise CapsgenError("give one of --class, --attributes and --capsule, not several")
+    if capsule is not None or domain is not None:
+        if label is not None or attributes is not None:
+            raise CapsgenError("--domain goes with --capsule or plain sampling, not with --class or --attributes")
+        return capsule_task(opened, capsule).sample_capsules(n, capsule, domain, g)
     if label is not None:
         task = require(opened, "class-conditional")
         k = opened.info.num_classes or 0
@@ -129,7 +151,8 @@ def png_bytes(images: torch.Tensor, ncol: int) -> bytes:
 
 def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Path | None = None,
                     seed: int = 0, label: int | None = None, attributes: str | None = None,
-                    device: str | None = "cpu") -> dict[str, Any]:
+                    device: str | None = "cpu", capsule: int | None = None,
+                    domain: str | None = None) -> dict[str, Any]:
     """Write ``n`` generated images as uint8 [n, H, W, C] under the key ``images`` of ``out`` (.npz).
 
     The same run, n, seed (and class or attributes) give the same file. ``grid`` (optional .png)
@@ -145,7 +168,7 @@ def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Pa
     if attributes:   # what the run can do comes first, then whether the names are its own
         require(opened, "attribute-conditional")
     attr = parse_attributes(attributes, opened.info.attribute_names, str(opened.run.path)) if attributes else None
-    images = draw(opened, n, seed, label, attr)
+    images = draw(opened, n, seed, label, attr, capsule, domain)
     arr = to_uint8_hwc(images)
     buf = io.BytesIO()
     np.savez_compressed(buf, images=arr)
@@ -155,6 +178,10 @@ def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Pa
         result["class"] = label
     if attributes:
         result["attributes"] = attributes
+    if capsule is not None:
+        result["capsule"] = capsule
+    if domain is not None:
+        result["domain"] = domain
     if grid_path:
         first = images[:MAX_GRID]
         write_file(grid_path, png_bytes(first, math.ceil(math.sqrt(len(first)))))

@@ -17,6 +17,10 @@ def add_parsers(sub) -> None:
                    "(class-conditional runs)")
     p.add_argument("--attributes", metavar="NAME=0|1,…", help="draw images with these attributes "
                    "(attribute-conditional runs; unnamed attributes are 0)")
+    p.add_argument("--capsule", type=int, metavar="J", help="draw images from code capsule J alone "
+                   "(capsule models, e.g. poe)")
+    p.add_argument("--domain", choices=["full", "restricted"], help="poses from the whole sphere or the half "
+                   "seen in training (capsule models; default: the run's model.sample_domain)")
     add_device(p, "cpu")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("interpolate", help="latent interpolation grid of a trained generative run")
@@ -33,7 +37,7 @@ def cmd_sample(args) -> int:
     from capsgen.sampling import sample_to_files
 
     print(json.dumps(sample_to_files(args.run, args.n, args.out, args.grid, args.seed, args.label,
-                                     args.attributes, args.device)))
+                                     args.attributes, args.device, args.capsule, args.domain)))
     return 0
 
 

@@ -69,6 +69,24 @@ class Discriminating(ABC):
         """P(real) [N] for images [N, C, H, W] in [0, 1]."""
 
 
+class CapsuleSampling(ABC):
+    """A refinement of :class:`Generative` for models whose prior is a set of code capsules
+    (Hauser's products of expert capsules): draw from one chosen capsule, on the whole pose
+    sphere or on the half visited in training. Not a capability name of its own — such a run
+    lists "generate"; ``capsgen sample --capsule/--domain`` asks ``isinstance`` of this class."""
+
+    @abstractmethod
+    def num_capsules(self) -> int:
+        """How many code capsules can be chosen (indices 0..num_capsules() - 1)."""
+
+    @abstractmethod
+    def sample_capsules(self, n: int, capsule: int | None, domain: str | None,
+                        generator: torch.Generator) -> torch.Tensor:
+        """n images [n, C, H, W] in [0, 1] from ``capsule`` (None: uniform over capsules) on
+        ``domain`` "full" or "restricted" (None: the run's default). Bad choices raise a one-line
+        CapsgenError."""
+
+
 CAPABILITIES: dict[str, type] = {
     "generate": Generative,
     "class-conditional": ClassConditional,
