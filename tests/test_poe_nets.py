@@ -24,7 +24,8 @@ except ImportError:  # tests/ imported as a package
 
 # Small but every part of the model: 20x20 images, 5x5 kernels -> 16x16 -> 6x6 features of 16
 # channels = 2 x 36 = 72 primary capsules of 8-D, 4 code capsules of 6-D.
-TINY = dict(ae_channels=16, ae_kernel=5, code_capsules=4, code_dim=6, init_std=0.1)
+# Raw (uncentred) capsules unless a test asks, as the paper has them (the family's default centres).
+TINY = dict(ae_channels=16, ae_kernel=5, code_capsules=4, code_dim=6, init_std=0.1, centre_capsules=False)
 
 
 def tiny_model(seed: int = 0, shape=(1, 20, 20), **kw) -> PoECapsules:

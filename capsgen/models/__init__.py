@@ -7,7 +7,7 @@ one line below. Nothing else in capsgen needs to change (docs/architecture.md).
 from __future__ import annotations
 
 from capsgen.errors import ConfigError
-from capsgen.models import acgan, capsnet, classifier, gan, gcapsnet, vcaps
+from capsgen.models import acgan, capsnet, classifier, gan, gcapsnet, poe, vcaps
 from capsgen.models.family import Family
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -18,6 +18,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     acgan.FAMILY,
     gcapsnet.FAMILY,
     vcaps.FAMILY,
+    poe.FAMILY,
 )}
 
 

@@ -7,14 +7,30 @@ Training has three phases, each on its own parameters (paper figure 1):
 The paper gives the architecture and Algorithm 1 but no step counts, learning rates, L2 weight
 or dropout rate; the learning rates below come from mnist-5k runs noted beside them, the
 step counts and the rest are untuned round numbers.
+
+A run is ONE schedule of stages, a function of the global step (:meth:`PoEConfig.stage_of`):
+
+    ae     steps [0, A)                   the autoencoder (A = ae_steps)
+    stats  steps [A, A + S)               the primary capsules' training mean and longest length,
+                                          averaged over S = stat_steps batches (no weight changes)
+    w      steps [A + S, A + S + Wn)      W by Algorithm 1 (Wn = w_steps)
+    u      steps [A + S + Wn, total)      U by ``decoder_rule`` (u_steps); the restricted-domain
+                                          directions are averaged over the same batches (W is fixed)
+
+so the run's length is fixed by these fields (:meth:`PoEConfig.fixed_steps`): ``capsgen train
+poe`` trains exactly their sum, a different ``--steps`` or any ``--epochs`` is refused with one
+line, and ``--minutes`` only caps the time (resume to finish).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from capsgen.config import FamilyConfig, opt
 
 AE_LOSSES = ("bce", "mse")
+STAGES = ("ae", "stats", "w", "u")
+DOMAINS = ("full", "restricted")
 DECODER_RULES = ("gaussian", "hauser")   # the names of capsgen.nn.contrastive.DECODER_RULES
 
 
@@ -29,6 +45,7 @@ class PoEConfig(FamilyConfig):
     ae_loss: str = opt("bce", choices=AE_LOSSES)   # per pixel against the sigmoid output
     ae_lr: float = opt(1e-3, gt=0)            # Adam
     ae_steps: int = opt(500, min=0)
+    stat_steps: int = opt(20, min=1)          # batches averaged for the capsules' mean and longest length
     # --- capsules ---
     primary_dim: int = opt(8, min=1)          # 6 x 6 x 128 / 8 = 576 capsules of 8-D
     code_capsules: int = opt(20, min=1)
@@ -42,7 +59,8 @@ class PoEConfig(FamilyConfig):
     # > 0.9995; a logistic probe on the code directions: 6.5 % digit accuracy, chance 10 %);
     # centred, the same 150 steps gave resultant 0.03, probe 54.5 %, and capsule error 0.064
     # below the mean-capsule baseline 0.106 (raw: 0.16, above it).
-    centre_capsules: bool = opt(False)
+    # Default on: see docs/poe.md (the hauser preset turns it off, as the paper has no centring).
+    centre_capsules: bool = opt(True)
     # --- encoder W: Algorithm 1 with SGD momentum, L2 and learning-rate decay ---
     # The coupling averages 576 votes (sum_i c_ij = 1), so dW is ~1/576 of a per-pair rule and
     # the learning rate is correspondingly large. mnist-5k, batch 64, test capsule error (0.33
@@ -64,8 +82,51 @@ class PoEConfig(FamilyConfig):
     u_lr_decay: float = opt(0.5, gt=0, max=1)
     u_decay_every: int = opt(1000, min=1)
     u_steps: int = opt(500, min=0)
+    # --- generation and evaluation ---
+    sample_domain: str = opt("restricted", choices=DOMAINS)   # of sample() / capsgen sample without --domain
+    eval_n: int = opt(100, min=10)            # test images (and samples per domain) in evaluate()
+    fixed_seed: int = opt(1234, min=0)        # seed of evaluate()'s samples and of the figures' codes
+    explode_limit: float = opt(1e3, min=0)    # stop when a capsule error exceeds this; 0 = only NaN / inf
+
+    # ``hauser``: the paper as printed — raw (uncentred) capsules, section 4.1's decoder rule and
+    # sampling from the whole sphere (figure 2a/2c; restricted sampling is its remedy, 2b/2d).
+    PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "hauser": ("model.centre_capsules=false", "model.decoder_rule=hauser", "model.sample_domain=full"),
+    }
 
     def validate(self) -> None:
         if self.ae_channels % self.primary_dim:
             raise ValueError(f"model.ae_channels={self.ae_channels} must be a multiple of "
                              f"model.primary_dim={self.primary_dim} (channels are grouped into capsules)")
+
+    # ------------------------------------------------------------------ the schedule of stages
+    def stage_lengths(self) -> dict[str, int]:
+        return {"ae": self.ae_steps, "stats": self.stat_steps, "w": self.w_steps, "u": self.u_steps}
+
+    def stage_of(self, step: int) -> tuple[str, int]:
+        """(stage, steps of that stage already done) for the 0-based global ``step``; steps past the
+        schedule count as further U steps (a run never has them: its length is fixed_steps)."""
+        start = 0
+        for name, length in self.stage_lengths().items():
+            if step < start + length:
+                return name, step - start
+            start += length
+        return "u", step - (start - self.u_steps)
+
+    def fixed_steps(self) -> tuple[int, str] | None:
+        lengths = self.stage_lengths()
+        return sum(lengths.values()), " + ".join(f"model.{k}_steps {v}" if k != "stats" else f"model.stat_steps {v}"
+                                                 for k, v in lengths.items())
+
+    def ineffective(self) -> dict[str, str]:
+        out = {}
+        for stage, fields in (("ae", ("ae_lr", "dropout", "ae_loss")),
+                              ("w", ("w_lr", "w_momentum", "w_weight_decay", "w_lr_decay", "w_decay_every")),
+                              ("u", ("u_lr", "u_momentum", "u_weight_decay", "u_lr_decay", "u_decay_every",
+                                     "decoder_rule"))):
+            if getattr(self, f"{stage}_steps") == 0:
+                out.update({f"model.{f}": f"model.{stage}_steps is 0 (that stage is skipped)" for f in fields})
+        for stage in ("w", "u"):
+            if getattr(self, f"{stage}_lr_decay") == 1.0:
+                out.setdefault(f"model.{stage}_decay_every", f"model.{stage}_lr_decay is 1 (no decay)")
+        return out

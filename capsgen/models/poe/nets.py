@@ -6,10 +6,13 @@
         --U, routing by agreement (cosine, sum_j e_ji = 1)--> decoded capsules [B, 576, 8]
         --unsquash, ungroup, tied deconvolutional decoder--> images in [0, 1]
 
-Phases (the Task drives them): 1. the autoencoder by backprop (:func:`autoencoder_loss`), then
-:meth:`PoECapsules.freeze_autoencoder` and :meth:`PoECapsules.fit_capsule_statistics`;
-2. W by :meth:`PoECapsules.encoder_step`; 3. U by :meth:`PoECapsules.decoder_step`, then
-:meth:`PoECapsules.fit_sampling_domain`. W and U are buffers, not parameters, updated only by
+Phases (the Task, :mod:`capsgen.models.poe.task`, drives them step by step): 1. the autoencoder
+by backprop (:func:`autoencoder_loss`); then the capsule statistics batch by batch
+(:meth:`PoECapsules.add_capsule_statistics`; :meth:`PoECapsules.fit_capsule_statistics` does all
+at once); 2. W by :meth:`PoECapsules.encoder_step`; 3. U by :meth:`PoECapsules.decoder_step`,
+with the restricted domain averaged over the same batches (:meth:`PoECapsules.add_sampling_domain`;
+:meth:`PoECapsules.fit_sampling_domain` at once). ``stage_steps`` counts the steps each stage
+has done, so a reopened model knows how far it was trained. W and U are buffers, not parameters, updated only by
 the contrastive rules of :mod:`capsgen.nn.contrastive`. Steps take *visible* capsules
 (:meth:`PoECapsules.visible_capsules`: the primary capsules, centred if ``cfg.centre_capsules``).
 
@@ -24,7 +27,7 @@ Gaussian restricted to the half-space <g, m_j> >= 0.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -37,6 +40,9 @@ from capsgen.nn.contrastive import (CDOptimizer, capsule_reconstruction_error, d
                                     decoder_cd_delta, encoder_cd_delta, init_capsule_weight,
                                     mix_by_routing, route_forward, routing_coupling)
 from capsgen.nn.squash import safe_norm, squash, unsquash
+
+
+Reduce = Callable[[list[torch.Tensor]], None]   # in-place reduction over processes (e.g. Task.all_mean)
 
 
 # ----------------------------------------------------------------------------- capsule reading
@@ -163,6 +169,13 @@ class PoECapsules(nn.Module):
         # Restricted-domain directions m_j (fit_sampling_domain, after phase 2).
         self.register_buffer("directions", torch.zeros(J, Dout))
         self.register_buffer("domain_fitted", torch.tensor(False))
+        # Running sums behind the two fits: images seen and the mean training code (whose
+        # direction is m_j), so both can be accumulated one training batch at a time.
+        self.register_buffer("capsule_count", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("code_mean", torch.zeros(J, Dout))
+        self.register_buffer("code_count", torch.tensor(0.0, dtype=torch.float64))
+        # Steps done in each stage (ae, stats, w, u), set by the Task.
+        self.register_buffer("stage_steps", torch.zeros(4, dtype=torch.long))
 
     # ------------------------------------------------------------------ passes
     def freeze_autoencoder(self) -> None:
@@ -219,28 +232,39 @@ class PoECapsules(nn.Module):
         return (CDOptimizer(c.w_lr, c.w_momentum, c.w_weight_decay, c.w_lr_decay, c.w_decay_every),
                 CDOptimizer(c.u_lr, c.u_momentum, c.u_weight_decay, c.u_lr_decay, c.u_decay_every))
 
-    def encoder_step(self, capsules: torch.Tensor, opt: CDOptimizer) -> dict[str, float]:
+    def encoder_step(self, capsules: torch.Tensor, opt: CDOptimizer, reduce: Reduce | None = None
+                     ) -> dict[str, float]:
         """One Algorithm 1 update of W on visible capsules [B, I, Din].
+
+        ``reduce`` (e.g. the Task's ``all_mean``) averages dW over processes, in place, before the update.
 
         Metrics (before the update): w_recon, the capsule error mean_b sum_i ||x_i - xr_i||^2 / I
         of the reverse route; free_energy_gap, mean F(x) - F(xr) (> 0: the data is more probable
         than its reconstruction); code_length, the mean ||x_j|| = P(j on).
         """
         delta, m = encoder_cd_delta(capsules, self.encoder_weight, self.cfg.routing_iterations)
+        if reduce is not None:
+            reduce([delta])
         gap = (torch.log1p(m.z.pow(2).sum(-1)) - torch.log1p(m.z_rec.pow(2).sum(-1))).sum(-1).mean()
         lr = opt.step(self.encoder_weight, delta)
         return {"w_recon": float(capsule_reconstruction_error(capsules, m.x_rec)),
                 "free_energy_gap": float(gap), "code_length": float(safe_norm(m.x_out).mean()),
                 "w_lr": lr}
 
-    def decoder_step(self, capsules: torch.Tensor, opt: CDOptimizer) -> dict[str, float]:
+    def decoder_step(self, capsules: torch.Tensor, opt: CDOptimizer, reduce: Reduce | None = None,
+                     code: torch.Tensor | None = None) -> dict[str, float]:
         """One update of U (rule ``cfg.decoder_rule``) on visible capsules [B, I, Din], W fixed.
 
+        ``code`` [B, J, Dout] may pass ``self.encode(capsules)`` when the caller has it already;
+        ``reduce`` averages dU over processes before the update.
         Metric (before the update): u_recon = mean_b sum_i ||x_i - decoded_i||^2 / I.
         """
-        code = self.encode(capsules)
+        if code is None:
+            code = self.encode(capsules)
         delta, m = decoder_cd_delta(code, capsules, self.decoder_weight, self.cfg.routing_iterations,
                                     self.cfg.decoder_rule)
+        if reduce is not None:
+            reduce([delta])
         lr = opt.step(self.decoder_weight, delta)
         return {"u_recon": float(capsule_reconstruction_error(capsules, m.decoded)), "u_lr": lr}
 
@@ -259,21 +283,47 @@ class PoECapsules(nn.Module):
                 "pixel_mse": float(F.mse_loss(pixels, images))}
 
     # ------------------------------------------------------------------ sampling
+    def add_capsule_statistics(self, images: torch.Tensor, reduce: Reduce | None = None,
+                               reduce_max: Reduce | None = None) -> None:
+        """Fold one batch [B, C, H, W] of training images into the primary capsules' running
+        mean and longest length (after phase 1; the first call starts afresh when nothing was
+        fitted). ``reduce`` averages over processes in place, ``reduce_max`` takes the maximum."""
+        caps = self.primary_capsules(images)
+        batch_sum, n = caps.sum(0), caps.new_tensor(float(caps.shape[0]))
+        longest = safe_norm(caps).max().reshape(1)
+        if reduce is not None:
+            reduce([batch_sum, n])
+        if reduce_max is not None:
+            reduce_max([longest])
+        seen = float(self.capsule_count) if bool(self.capsules_fitted) else 0.0
+        total = seen + float(n)
+        self.capsule_mean.mul_(seen / total).add_(batch_sum / total)
+        longest = float(longest.clamp(max=1.0 - 1e-3))
+        self.max_length.fill_(max(longest, float(self.max_length)) if seen else longest)
+        self.capsule_count.fill_(total)
+        self.capsules_fitted.fill_(True)
+
     def fit_capsule_statistics(self, image_batches: Iterable[torch.Tensor]) -> None:
         """After phase 1: the primary capsules' training mean and longest length, from training
-        images (batches [B, C, H, W])."""
-        total, count = torch.zeros_like(self.capsule_mean), 0
-        longest = torch.zeros((), device=self.capsule_mean.device)
+        images (batches [B, C, H, W]), replacing any earlier fit."""
+        self.capsules_fitted.fill_(False)
         for images in image_batches:
-            caps = self.primary_capsules(images)
-            total += caps.sum(0)
-            count += caps.shape[0]
-            longest = torch.maximum(longest, safe_norm(caps).max())
-        if count == 0:
+            self.add_capsule_statistics(images)
+        if not bool(self.capsules_fitted):
             raise CapsgenError("fit_capsule_statistics got no images")
-        self.capsule_mean.copy_(total / count)
-        self.max_length.fill_(float(longest.clamp(max=1.0 - 1e-3)))
-        self.capsules_fitted.fill_(True)
+
+    def add_sampling_domain(self, code: torch.Tensor, reduce: Reduce | None = None) -> None:
+        """Fold the codes [B, J, Dout] of one training batch into the restricted domain: m_j is the
+        direction of the running mean code of capsule j (the first call starts afresh)."""
+        batch_sum, n = code.sum(0), code.new_tensor(float(code.shape[0]))
+        if reduce is not None:
+            reduce([batch_sum, n])
+        seen = float(self.code_count) if bool(self.domain_fitted) else 0.0
+        total = seen + float(n)
+        self.code_mean.mul_(seen / total).add_(batch_sum / total)
+        self.code_count.fill_(total)
+        self.directions.copy_(F.normalize(self.code_mean, dim=-1))
+        self.domain_fitted.fill_(True)
 
     def fit_sampling_domain(self, image_batches: Iterable[torch.Tensor]) -> torch.Tensor:
         """After phase 2: fit the restricted domain from training images (batches [B, C, H, W]).
@@ -285,9 +335,10 @@ class PoECapsules(nn.Module):
         codes = [self.encode(self.visible_capsules(images)) for images in image_batches]
         if not codes:
             raise CapsgenError("fit_sampling_domain got no images")
+        self.domain_fitted.fill_(False)
+        for c in codes:
+            self.add_sampling_domain(c)
         code = torch.cat(codes)
-        self.directions.copy_(F.normalize(code.sum(0), dim=-1))
-        self.domain_fitted.fill_(True)
         return ((code * self.directions).sum(-1) >= 0).to(code.dtype).mean(0)
 
     def sample_codes(self, n: int, capsule_index: int | None, restricted: bool,
@@ -324,7 +375,11 @@ class PoECapsules(nn.Module):
     def sample(self, n: int, capsule_index: int | None, restricted: bool,
                generator: torch.Generator, batch: int = 256) -> torch.Tensor:
         """n images [n, C, H, W] in [0, 1] (see :meth:`sample_codes`), decoded in chunks."""
-        code = self.sample_codes(n, capsule_index, restricted, generator)
+        return self.images_from_codes(self.sample_codes(n, capsule_index, restricted, generator), batch)
+
+    def images_from_codes(self, code: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """Codes [n, J, Dout] -> images [n, C, H, W] in [0, 1] through U and the AE decoder, in chunks."""
+        n = len(code)
         return torch.cat([self.capsules_to_images(self.decode(code[k:k + batch]))
                           for k in range(0, n, batch)]) if n else code.new_zeros(0, *self.shape)
 
