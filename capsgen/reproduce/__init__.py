@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from capsgen.reproduce import capsulegan, gcapsnet
+from capsgen.reproduce import capsulegan, gcapsnet, poe, vcaps
 
 EXPERIMENTS: dict[str, ModuleType] = {
     "capsulegan": capsulegan,
     "gcapsnet": gcapsnet,
+    "poe": poe,
+    "vcaps": vcaps,
 }
