@@ -303,5 +303,14 @@ def test_negative_measure_on_positives_negatives_and_colour():
     assert negative_share(mixed) == pytest.approx(0.25)
     assert negative_share(blobs(4, channels=3)) == 0.0
     assert negative_share(pos[:0]) == 0.0
+    # A grey background (0.1) with a bright stroke (0.6) and a dark rim (0) filling the interior:
+    # no negative, although the interior's mean (0.04) is below the frame's (the old rule said
+    # negative; mnist-5k samples look like this). Inverted, it is one, although its interior's
+    # mean is then above the frame's.
+    rim = torch.full((2, 1, 20, 20), 0.1)
+    rim[:, :, 2:-2, 2:-2] = 0.0
+    rim[:, :, 8:12, 8:12] = 0.6
+    assert rim[:, :, 2:-2, 2:-2].mean() < 0.1
+    assert not negative_mask(rim).any() and negative_mask(1 - rim).all()
     with pytest.raises(ValueError):
         negative_mask(torch.rand(2, 1, 4, 4))

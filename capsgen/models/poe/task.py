@@ -258,6 +258,22 @@ class PoETask(Task, Generative, CapsuleSampling):
         return out
 
     # ------------------------------------------------------------------------------ pictures
+    @torch.no_grad()
+    def reconstruction_rows(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [n, C, H, W] and their reconstructions stacked by rows on the CPU: the images, the
+        autoencoder's, then (once the statistics exist) W's reverse route decoded to pixels, then
+        (once U is trained) the whole model's (AE encoder, W, U, AE decoder)."""
+        model, done = self.model, self.steps_done()
+        x = images.to(self.device)
+        rows = [x, model.ae(x)]
+        if done[1]:
+            caps = model.visible_capsules(x)
+            m = mix_by_routing(caps, model.encoder_weight, self.config.routing_iterations)
+            rows.append(model.capsules_to_images(m.x_rec))
+            if done[3]:
+                rows.append(model.capsules_to_images(model.decode(m.x_out)))
+        return torch.cat(rows).float().cpu()
+
     def write_figures(self, out_dir: Path, batch: Batch) -> list[Path]:
         """reconstructions.png (test images; the autoencoder's; W's reverse route's; the whole
         model's), and once U is trained capsule_grid_full.png, capsule_grid_restricted.png,
@@ -266,23 +282,15 @@ class PoETask(Task, Generative, CapsuleSampling):
         from capsgen.train.rundir import RunDir
 
         out_dir = Path(out_dir)
-        model, done = self.model, self.steps_done()
+        done = self.steps_done()
         paths = []
         with torch.no_grad():
             picks = list(range(min(10, len(batch.images))))
             if batch.labels is not None:   # one test image of each of the first classes, as far as there are
                 firsts = [int((batch.labels == c).nonzero()[0]) for c in range(10) if (batch.labels == c).any()]
                 picks = firsts or picks
-            x = batch.images[picks].to(self.device)
-            rows = [x, model.ae(x)]
-            if done[1]:
-                caps = model.visible_capsules(x)
-                m = mix_by_routing(caps, model.encoder_weight, self.config.routing_iterations)
-                rows.append(model.capsules_to_images(m.x_rec))
-                if done[3]:
-                    rows.append(model.capsules_to_images(model.decode(m.x_out)))
-            paths.append(save_image_grid(torch.cat(rows).float().cpu(), out_dir / "reconstructions.png",
-                                         ncol=len(picks), scale=2))
+            paths.append(save_image_grid(self.reconstruction_rows(batch.images[picks]),
+                                         out_dir / "reconstructions.png", ncol=len(picks), scale=2))
             if done[3]:
                 J = self.config.code_capsules
                 for name, domain, negate in (("full", "full", False), ("restricted", "restricted", False),
