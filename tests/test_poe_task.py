@@ -233,8 +233,39 @@ def test_evaluate_changes_nothing_and_reports_each_trained_stage(reference):
     assert c["w_recon"] == a["w_recon"]
 
 
-def test_eval_command_measures_samples(reference, capsys):
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private evaluator cache (the digits evaluator trains here in ~5 s), never the user's."""
+    monkeypatch.setenv("CAPSGEN_CACHE", str(tmp_path / "cache"))
+
+
+def test_eval_command_measures_samples(reference, cache, capsys):
     assert main(["eval", str(reference), "--n", "20"]) == 0
     res = json.loads(capsys.readouterr().out.splitlines()[0])
     assert res["capabilities"] == ["generate"] and "fid" in res["generate"]["samples"]
     assert "negative_restricted" in res["figures"]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_weights_of_one_process(tmp_path):
+    """dW, dU and the running means are averaged over processes (all_mean), the longest capsule
+    is their maximum: under torchrun W, U and the statistics follow the one-process run (no
+    dropout, which each process draws for itself)."""
+    from tests.conftest import run_cli
+
+    args = ["train", "poe", "--data", "digits", "--batch-size", "32", "--seed", "3", "--no-progress",
+            *TINY, "--set", "dropout=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = run_cli([*args, "--out", str(one)])
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "capsgen", *args, "--out", str(two)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    a, b = checkpoint(one), checkpoint(two)
+    for k in ("encoder_weight", "decoder_weight", "capsule_mean", "max_length", "code_mean", "directions"):
+        diff = (a[f"module.model.{k}"].double() - b[f"module.model.{k}"].double()).abs().max().item()
+        scale = a[f"module.model.{k}"].double().abs().max().item()
+        assert diff <= 1e-3 * scale, (k, diff, scale)
+    assert torch.equal(a["module.model.stage_steps"], b["module.model.stage_steps"])
