@@ -22,7 +22,9 @@ interruption as one line with exit code 130. Building the parser imports no torc
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from capsgen.errors import CapsgenError
 
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM stops capsgen like Ctrl-C (one line, exit 130) outside training too; during training
+    # the loop takes both over and stops at the next step boundary.
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if main_thread else None
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -76,10 +82,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"capsgen: error: {msg}", file=sys.stderr)
         return 130 if type(exc).__name__ == "Interrupted" else 2
     finally:
-        if "torch.distributed" in sys.modules:
-            from capsgen.train.distributed import shutdown
+        _leave_process_group()
+        if main_thread and old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
-            shutdown()
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _leave_process_group() -> None:
+    # Only if torch.distributed was imported whole: an interrupt can land while torch is importing.
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:   # cleanup on the way out must not turn one line into a traceback
+        pass
 
 
 if __name__ == "__main__":
