@@ -163,9 +163,9 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: d
          f"- **data**: {s.data} ({env['train_size']:,} training and {env['test_size']:,} test images, {h}x{w}x{c}, "
          f"{'binary attributes: attribute mode' if s.attributes else 'class labels: class mode'}); Huang et al. used "
          f"{paper_data} and trained to convergence, so values are compared in direction, not in size.",
-         f"- **every model**: {s.budget:g} minutes of training (the same wall clock, which the loop counts "
-         "including its evaluations; processes sharing the CPU slow every model alike only if they run alike — the "
-         f"steps column says what each reached), seeds {', '.join(map(str, s.seeds))}, last weights.",
+         f"- **every model**: {s.budget:g} minutes of training (the same wall clock, evaluations included; on a "
+         "shared CPU the steps column says what each model reached), seeds "
+         f"{', '.join(map(str, s.seeds))}, last weights.",
          f"- **network sizes**: `--scale {s.scale}` — "
          + ("the huang-mnist / huang-celeba presets (the paper's networks) and Sabour et al.'s CapsNet."
             if s.scale == "paper" else
