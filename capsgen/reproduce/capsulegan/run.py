@@ -19,13 +19,12 @@ draws the latents of its samples and the labelled subsets.
 """
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,55 +32,9 @@ import torch
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.capsulegan.spec import (JAISWAL, ModelSpec, Settings, arm_pairs, model_pairs, run_dir,
                                                segment_targets, train_fields)
-from capsgen.train.checkpoint import atomic_write_text
+from capsgen.reproduce.common import Results, check_report_folder
 
-
-def say(msg: str) -> None:
-    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Results:
-    """results.json of a reproduce folder: one entry per finished stage, written atomically."""
-
-    FORMAT = 2     # 1: one seed, one budget (before equal-iteration arms and seeds)
-
-    def __init__(self, folder: Path, settings: Settings):
-        self.path = folder / "results.json"
-        self.data: dict[str, Any] = {"format": self.FORMAT, "settings": settings.identity(), "stages": {}}
-        if self.path.exists():
-            try:
-                old = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise CapsgenError(f"{self.path}: unreadable ({exc}); delete it or choose another --out") from None
-            if old.get("format") != self.FORMAT:
-                raise CapsgenError(f"{folder} holds a reproduction of an older capsgen (results format "
-                                   f"{old.get('format', 1)}); choose another --out")
-            if old.get("settings") != settings.identity():
-                diff = sorted(k for k in settings.identity() if old.get("settings", {}).get(k) != settings.identity()[k])
-                raise CapsgenError(f"{folder} holds a reproduction with other settings ({', '.join(diff)}); "
-                                   "repeat its command or choose another --out")
-            self.data = old
-        self.data.setdefault("timing", {})
-
-    def get(self, stage: str) -> Any:
-        return self.data["stages"].get(stage)
-
-    def put(self, stage: str, value: Any, seconds: float) -> None:
-        self.data["stages"][stage] = value
-        self.data["timing"][stage] = round(seconds, 1)
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=float))
-
-    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
-        """The stored result of ``name``, or run ``fn`` now and store it."""
-        done = self.get(name)
-        if done is not None:
-            say(f"{name}: done before, kept")
-            return done
-        say(f"{name} …")
-        t0 = time.perf_counter()
-        value = fn()
-        self.put(name, value, time.perf_counter() - t0)
-        return value
+RESULTS_FORMAT = 2   # 1: one seed, one budget (before equal-iteration arms and seeds)
 
 
 # ------------------------------------------------------------------------------- configurations
@@ -278,16 +231,12 @@ def run(s: Settings) -> Path:
 
     s.data = get_spec(s.data).name
     folder = Path(s.out)
-    if folder.exists() and not folder.is_dir():
-        raise CapsgenError(f"{folder} exists and is not a folder; choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
-        raise CapsgenError(f"{folder} is a folder capsgen did not create and it is not empty; "
-                           "choose another --out")
+    check_report_folder(folder)
     check_all(s)                                    # bad data, --set or network: before any folder
     if (folder / "results.json").is_file():
-        Results(folder, s)                          # other settings: refused before any work
+        Results(folder, s, fmt=RESULTS_FORMAT)      # other settings: refused before any work
     folder.mkdir(parents=True, exist_ok=True)
-    res = Results(folder, s)
+    res = Results(folder, s, fmt=RESULTS_FORMAT)
     t_start = time.perf_counter()
     ev = get_evaluator(s.data, s.data_dir)
     res.stage("evaluator", lambda: {"accuracy": ev.accuracy, "n_test": ev.n_test, "path": str(ev.path)})

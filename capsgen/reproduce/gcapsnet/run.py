@@ -18,14 +18,13 @@ also inside an interrupted training run):
 """
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,50 +32,9 @@ import torch
 from capsgen.config import TrainConfig, apply_overrides
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.gcapsnet.spec import ATTACK_MODELS, MODELS, TABLE3_MODELS, ModelSpec, Settings
-from capsgen.train.checkpoint import atomic_write_text
+from capsgen.reproduce.common import Results, check_report_folder, say
 
 EVAL_BATCH = 500
-
-
-def say(msg: str) -> None:
-    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Results:
-    """results.json of a reproduce folder: one entry per finished stage, written atomically."""
-
-    def __init__(self, folder: Path, settings: Settings):
-        self.path = folder / "results.json"
-        self.data: dict[str, Any] = {"settings": settings.identity(), "stages": {}}
-        if self.path.exists():
-            try:
-                old = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise CapsgenError(f"{self.path}: unreadable ({exc}); delete it or choose another --out") from None
-            if old.get("settings") != settings.identity():
-                mine = settings.identity()
-                diff = sorted(k for k in mine if old.get("settings", {}).get(k) != mine[k])
-                raise CapsgenError(f"{folder} holds a reproduction with other settings ({', '.join(diff)}); "
-                                   "repeat its command or choose another --out")
-            self.data = old
-        self.data.setdefault("timing", {})
-
-    def get(self, stage: str) -> Any:
-        return self.data["stages"].get(stage)
-
-    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
-        """The stored result of ``name``, or run ``fn`` now and store it."""
-        done = self.get(name)
-        if done is not None:
-            say(f"{name}: done before, kept")
-            return done
-        say(f"{name} …")
-        t0 = time.perf_counter()
-        value = fn()
-        self.data["stages"][name] = value
-        self.data["timing"][name] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=float))
-        return value
 
 
 # ------------------------------------------------------------------------------ configs
@@ -295,10 +253,7 @@ def run(s: Settings) -> Path:
     check_settings(s)
     s.data = get_spec(s.data).name
     folder = Path(s.out)
-    if folder.exists() and not folder.is_dir():
-        raise CapsgenError(f"{folder} exists and is not a folder; choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
-        raise CapsgenError(f"{folder} is a folder capsgen did not create and it is not empty; choose another --out")
+    check_report_folder(folder)
     test = load_split(s.data, "test", s.data_dir)       # bad data fails before any folder is made
     if test.labels is None:
         raise CapsgenError(f"{s.data} has no class labels; the G-CapsNet experiments classify")

@@ -22,7 +22,6 @@ also inside an interrupted training run, whose stage is a function of its step):
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import statistics
 import sys
@@ -37,51 +36,11 @@ from capsgen.config import TrainConfig
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.poe.spec import (ARM_PRESET, ARMS, EVAL_SHARE, EVALS_PER_RUN, STAGE_SHARES, STAT_STEPS,
                                         Settings)
-from capsgen.train.checkpoint import atomic_write_text
+from capsgen.reproduce.common import Results, check_report_folder, say
 
 CALIBRATION_STEPS = 4          # timed steps per stage (the first of each is a warm-up and not counted)
 TEST_IMAGES = 500              # test images of the error measurements
 REAL_PER_CLASS = 200           # real test images per class for the within-class spread
-
-
-def say(msg: str) -> None:
-    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Results:
-    """results.json of a reproduce folder: one entry per finished stage, written atomically."""
-
-    def __init__(self, folder: Path, settings: Settings):
-        self.path = folder / "results.json"
-        self.data: dict[str, Any] = {"settings": settings.identity(), "stages": {}, "timing": {}}
-        if self.path.exists():
-            try:
-                old = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise CapsgenError(f"{self.path}: unreadable ({exc}); delete it or choose another --out") from None
-            if old.get("settings") != settings.identity():
-                mine = settings.identity()
-                diff = sorted(k for k in mine if old.get("settings", {}).get(k) != mine[k])
-                raise CapsgenError(f"{folder} holds a reproduction with other settings ({', '.join(diff)}); "
-                                   "repeat its command or choose another --out")
-            self.data = old
-
-    def get(self, stage: str) -> Any:
-        return self.data["stages"].get(stage)
-
-    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
-        """The stored result of ``name``, or run ``fn`` now and store it."""
-        done = self.get(name)
-        if done is not None:
-            say(f"{name}: done before, kept")
-            return done
-        say(f"{name} …")
-        t0 = time.perf_counter()
-        value = fn()
-        self.data["stages"][name] = value
-        self.data["timing"][name] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=float))
-        return value
 
 
 # ------------------------------------------------------------------------------ configs
@@ -352,10 +311,7 @@ def run(s: Settings) -> Path:
     check_settings(s)
     s.data = get_spec(s.data).name
     folder = Path(s.out)
-    if folder.exists() and not folder.is_dir():
-        raise CapsgenError(f"{folder} exists and is not a folder; choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
-        raise CapsgenError(f"{folder} is a folder capsgen did not create and it is not empty; choose another --out")
+    check_report_folder(folder)
     test = load_split(s.data, "test", s.data_dir)       # bad data fails before any folder is made
     if test.labels is None:
         raise CapsgenError(f"{s.data} has no class labels; the capsule purity and the sample metrics use "

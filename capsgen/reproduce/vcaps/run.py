@@ -20,58 +20,20 @@ also inside an interrupted training run):
 """
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from capsgen.config import TrainConfig, apply_overrides
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.vcaps.spec import MODEL_NAMES, MODELS, SCALES, ModelSpec, Settings
-from capsgen.train.checkpoint import atomic_write_text
-
-
-def say(msg: str) -> None:
-    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Results:
-    """results.json of a reproduce folder: one entry per finished stage, written atomically."""
-
-    def __init__(self, folder: Path, settings: Settings):
-        self.path = folder / "results.json"
-        self.data: dict[str, Any] = {"settings": settings.identity(), "stages": {}, "timing": {}}
-        if self.path.exists():
-            try:
-                old = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise CapsgenError(f"{self.path}: unreadable ({exc}); delete it or choose another --out") from None
-            mine = settings.identity()
-            if old.get("settings") != mine:
-                diff = sorted(k for k in mine if old.get("settings", {}).get(k) != mine[k])
-                raise CapsgenError(f"{folder} holds a reproduction with other settings ({', '.join(diff)}); "
-                                   "repeat its command or choose another --out")
-            self.data = old
-
-    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
-        """The stored result of ``name``, or run ``fn`` now and store it."""
-        done = self.data["stages"].get(name)
-        if done is not None:
-            say(f"{name}: done before, kept")
-            return done
-        say(f"{name} …")
-        t0 = time.perf_counter()
-        value = fn()
-        self.data["stages"][name] = value
-        self.data["timing"][name] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=float))
-        return value
+from capsgen.reproduce.common import Results, check_report_folder, say
 
 
 # ------------------------------------------------------------------------------ configs
@@ -253,10 +215,7 @@ def run(s: Settings) -> Path:
     check_settings(s)
     s.data = get_spec(s.data).name
     folder = Path(s.out)
-    if folder.exists() and not folder.is_dir():
-        raise CapsgenError(f"{folder} exists and is not a folder; choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
-        raise CapsgenError(f"{folder} is a folder capsgen did not create and it is not empty; choose another --out")
+    check_report_folder(folder)
     test_data = load_split(s.data, "test", s.data_dir)     # bad data fails before any folder is made
     if test_data.labels is None and test_data.attributes is None:
         raise CapsgenError(f"{s.data} has neither class labels nor attributes; variational capsules need one")

@@ -1,0 +1,80 @@
+"""What every experiment shares: progress lines, the report folder check, and results.json.
+
+A reproduction keeps each finished stage's result in its folder's ``results.json`` (written
+atomically), so running the same command again continues where it stopped; a folder made with
+other settings, or a folder capsgen did not make, is refused before any work.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from capsgen.errors import CapsgenError
+from capsgen.train.checkpoint import atomic_write_text
+
+
+def say(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def check_report_folder(folder: Path) -> None:
+    """Refuse a file, or a non-empty folder that holds no reproduction (capsgen did not make it)."""
+    if folder.exists() and not folder.is_dir():
+        raise CapsgenError(f"{folder} exists and is not a folder; choose another --out")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
+        raise CapsgenError(f"{folder} is a folder capsgen did not create and it is not empty; choose another --out")
+
+
+class Results:
+    """results.json of a reproduce folder: one entry per finished stage, written atomically.
+
+    ``settings.identity()`` is the dict of settings that decide the results; a folder is only
+    continued with the same ones. ``fmt`` (optional) is the experiment's results format: a folder
+    written in another format is refused.
+    """
+
+    def __init__(self, folder: Path, settings: Any, fmt: int | None = None):
+        self.path = folder / "results.json"
+        mine = settings.identity()
+        self.data: dict[str, Any] = {"settings": mine, "stages": {}, "timing": {}}
+        if fmt is not None:
+            self.data["format"] = fmt
+        if self.path.exists():
+            try:
+                old = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CapsgenError(f"{self.path}: unreadable ({exc}); delete it or choose another --out") from None
+            if not isinstance(old, dict):
+                raise CapsgenError(f"{self.path}: not a results file; delete it or choose another --out")
+            if fmt is not None and old.get("format") != fmt:
+                raise CapsgenError(f"{folder} holds a reproduction of an older capsgen (results format "
+                                   f"{old.get('format', 1)}); choose another --out")
+            if old.get("settings") != mine:
+                diff = sorted(k for k in mine if (old.get("settings") or {}).get(k) != mine[k])
+                raise CapsgenError(f"{folder} holds a reproduction with other settings ({', '.join(diff)}); "
+                                   "repeat its command or choose another --out")
+            self.data = old
+            self.data.setdefault("stages", {})
+        self.data.setdefault("timing", {})
+
+    def get(self, stage: str) -> Any:
+        return self.data["stages"].get(stage)
+
+    def put(self, stage: str, value: Any, seconds: float) -> None:
+        self.data["stages"][stage] = value
+        self.data["timing"][stage] = round(seconds, 1)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=float))
+
+    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
+        """The stored result of ``name``, or run ``fn`` now and store it."""
+        done = self.get(name)
+        if done is not None:
+            say(f"{name}: done before, kept")
+            return done
+        say(f"{name} …")
+        t0 = time.perf_counter()
+        value = fn()
+        self.put(name, value, time.perf_counter() - t0)
+        return value
