@@ -78,3 +78,32 @@ class Results:
         value = fn()
         self.put(name, value, time.perf_counter() - t0)
         return value
+
+
+# ------------------------------------------------------------------------------------ reports
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}code,pre{background:#f4f4f4}pre{padding:.6em;overflow-x:auto}
+img{max-width:100%;image-rendering:pixelated}.grid{display:flex;gap:1em;flex-wrap:wrap}"""
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table (lines, ending with a blank one)."""
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
+def write_report(folder: Path, title: str, md: str) -> Path:
+    """report.md, and report.html rendering the same text (markdown tables extension); returns report.md.
+
+    The Markdown is the source; the HTML is that text rendered with a small style sheet, so both
+    always say the same thing.
+    """
+    import markdown
+
+    path = folder / "report.md"
+    atomic_write_text(path, md)
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+    atomic_write_text(folder / "report.html", f"<!doctype html><html><head><meta charset='utf-8'><title>{title}"
+                                              f"</title><style>{CSS}</style></head><body>{body}</body></html>")
+    return path

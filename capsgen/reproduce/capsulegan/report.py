@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from capsgen.reproduce.common import md_table, write_report
 from capsgen.reproduce.capsulegan.spec import (JAISWAL, KARMAKAR, PAPER_GAM, PAPER_KARMAKAR_STEPS, PAPER_SEMISUP,
                                                Settings, confounds, describe, deviations, train_command)
-from capsgen.train.checkpoint import atomic_write_text
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
@@ -90,11 +90,6 @@ def _f(x: Any, fmt: str = ".4f") -> str:
     return f"{x:{fmt}}"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
-            *["| " + " | ".join(r) + " |" for r in rows], ""]
-
-
 def _paper_dataset(data: str) -> str:
     return "CIFAR-10" if "cifar" in data else "MNIST"
 
@@ -137,7 +132,7 @@ def models_section(v: View) -> list[str]:
         d = describe(t["model"], t["train"]["batch_size"], t["params"])
         rows.append([spec.name, spec.paper, d["G"], d["D"], d["D norm"], d["objective"], d["lr G / D"], d["batches"],
                      d["params G / D"]])
-    L += _table(["model", "paper", "generator", "discriminator", "D normalisation", "objective", "learning rates",
+    L += md_table(["model", "paper", "generator", "discriminator", "D normalisation", "objective", "learning rates",
                  "batches", "params G / D"], rows)
     L += ["## Deviations from the papers", "",
           "Computed from each run's config against its bare paper preset (and the data, batch size and "
@@ -184,7 +179,7 @@ def training_section(v: View) -> list[str]:
                              pm([x["final"].get("d_acc", math.nan) for x in t], ".3f")])
         budget = f"{v.s.budget:g} minutes" if arm == "time" else f"{v.s.steps:,} steps"
         L += [f"### {ARM_TITLE[arm]} ({budget} per model and seed)", ""]
-        L += _table(["model", "seeds", "steps", "minutes", "real images seen", "final D accuracy (test)"], rows)
+        L += md_table(["model", "seeds", "steps", "minutes", "real images seen", "final D accuracy (test)"], rows)
     return L
 
 
@@ -306,7 +301,7 @@ def curves_section(v: View, folder: Path) -> list[str]:
         if rows:
             rows = [r + [""] * (width + 1 - len(r)) for r in rows]
             L += [f"### {ARM_TITLE[arm]}", ""]
-            L += _table(["model", *[f"point {i + 1}" for i in range(width)]], rows)
+            L += md_table(["model", *[f"point {i + 1}" for i in range(width)]], rows)
     return L
 
 
@@ -329,7 +324,7 @@ def metrics_section(v: View, ev: dict[str, Any]) -> list[str]:
             rows.append(["real-vs-real floor", "–", *[_f(first["real_vs_real"][k], f) for k, _, f in METRICS],
                          str(first["real_vs_real"]["class_coverage"]["classes_hit"])])
             L += [f"### {ARM_TITLE[arm]}", ""]
-            L += _table(["samples", "seeds", *[h for _, h, _ in METRICS], "classes hit"], rows)
+            L += md_table(["samples", "seeds", *[h for _, h, _ in METRICS], "classes hit"], rows)
     if first:
         c = first["counts"]
         L += [f"{c['samples']} samples per model and seed vs {c['real_test']} real test images; the floor row is "
@@ -363,7 +358,7 @@ def gam_section(v: View) -> list[str]:
                 rows.append([f"Jaiswal et al. 2018, {name}", "–", "–", "–", "–", _f(pg["r_samples"], ".2f"),
                              _f(pg["r_test"], ".2f"), pg["verdict"], pg["verdict"]])
             L += [f"### {ARM_TITLE[arm]}", ""]
-            L += _table(["battle", "A(D_B(G_A(z)))", "A(D_A(G_B(z)))", "A(D_B(x_test))", "A(D_A(x_test))", "r_samples",
+            L += md_table(["battle", "A(D_B(G_A(z)))", "A(D_A(G_B(z)))", "A(D_B(x_test))", "A(D_A(x_test))", "r_samples",
                          "r_test", "verdict (capsgen, ±tol on both ratios)", "verdict (Im et al. 2016)"], rows)
     if b0:
         L += [f"{b0['n']} samples per generator and {b0['n']} real test images per seed; tolerance ±{v.s.tol:g}. "
@@ -430,7 +425,7 @@ def semisup_section(v: View) -> list[str]:
             for model, errs in table.items():
                 rows.append([f"Jaiswal et al. 2018, {ds}: {model}", *[_f(errs.get(n)) for n in ns]])
         L += [f"### {ARM_TITLE[arm]}", ""]
-        L += _table(["unlabelled data", *[f"n = {n:,}" for n in ns]], rows)
+        L += md_table(["unlabelled data", *[f"n = {n:,}" for n in ns]], rows)
     return L
 
 
@@ -485,8 +480,6 @@ def claims(v: View) -> list[str]:
 def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: dict[str, dict[str, str]],
                   env: dict[str, Any]) -> Path:
     """Write report.md and report.html into ``folder``; returns the report.md path."""
-    import markdown
-
     v = View(results, s)
     st = v.st
     timing = results.get("timing", {})
@@ -541,11 +534,5 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: d
                              + ("  # capsgen semisup draws class-balanced subsets" if s.labelled_draw == "random" else ""))
     L += ["```", ""]
     md = "\n".join(L)
-    path = folder / "report.md"
-    atomic_write_text(path, md)
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>CapsuleGAN reproduction – {s.data}</title>"
-            f"<style>{CSS}</style></head><body>{body}</body></html>")
-    atomic_write_text(folder / "report.html", html)
-    return path
+    return write_report(folder, f"CapsuleGAN reproduction – {s.data}", md)
 

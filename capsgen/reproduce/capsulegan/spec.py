@@ -18,7 +18,7 @@ Kept apart from the stages (run.py) and the report (report.py) so both can impor
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

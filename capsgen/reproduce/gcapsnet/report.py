@@ -10,20 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from capsgen.reproduce.common import md_table, write_report
 from capsgen.reproduce.gcapsnet.spec import (ATTACK_MODELS, PAPER_FGSM_ACCURACY, PAPER_TABLE2, PAPER_TABLE3,
                                              TABLE3_MODELS, Settings)
-from capsgen.train.checkpoint import atomic_write_text
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}code,pre{background:#f4f4f4}pre{padding:.6em;overflow-x:auto}
-img{max-width:100%;image-rendering:pixelated}"""
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
-            *["| " + " | ".join(r) + " |" for r in rows], ""]
-
 
 def mean_sd(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for one value)."""
@@ -80,7 +69,7 @@ def table2(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[str, dict[s
     head = ["model", "what", "Chen et al.'s row", "params here", "params (Chen et al.)",
             f"test error % here (mean ± sd, {len(s.seeds)} seed{'s' if len(s.seeds) > 1 else ''})", "per seed", "steps", "epochs",
             f"Chen et al. error % ({'CIFAR-10' if color else 'MNIST'})"]
-    return _table(head, rows), summary
+    return md_table(head, rows), summary
 
 
 def count_rows() -> list[str]:
@@ -89,7 +78,7 @@ def count_rows() -> list[str]:
 
     rows = [[r.preset, r.part, r.paper, _n(r.ours), "yes" if r.matches else f"no — {r.note}"]
             for r in paper_parameter_counts()]
-    return _table(["preset", "part", "Chen et al.", "capsgen", "same at the printed precision"], rows)
+    return md_table(["preset", "part", "Chen et al.", "capsgen", "same at the printed precision"], rows)
 
 
 def table3(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[int, dict[str, list[float]]]]:
@@ -106,7 +95,7 @@ def table3(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[int, dict[s
                      *[f"{paper[n]:.3f}" if n in paper else "–" for n in names]])
     head = ["GAN epoch", "GAN steps (epochs done)", *[f"{n} here" for n in names],
             *[f"{n}, Chen et al." for n in names]]
-    return (_table(head, rows) if rows else []), found
+    return (md_table(head, rows) if rows else []), found
 
 
 def claims(s: Settings, t2: dict[str, dict[str, Any]], t3: dict[int, dict[str, list[float]]],
@@ -164,14 +153,12 @@ def attacks_section(s: Settings, st: dict[str, Any]) -> list[str]:
                     pictures.append(f"![{m} {method} {Path(name).stem}]({rel})")
     if not rows:
         return []
-    return [*_table(["model", "attack", "ε", "images", "", "clean accuracy %", "attacked accuracy %",
+    return [*md_table(["model", "attack", "ε", "images", "", "clean accuracy %", "attacked accuracy %",
                      "Chen et al. (attacked accuracy %)"], rows), " ".join(pictures), ""]
 
 
 def write_reports(folder: Path, s: Settings, results: dict[str, Any], env: dict[str, Any]) -> Path:
     """Write report.md and report.html into ``folder``; returns the report.md path."""
-    import markdown
-
     st = results["stages"]
     color = s.channels == 3
     paper_data = "CIFAR-10" if color else "MNIST"
@@ -234,10 +221,4 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], env: dict[
             L.append(f"capsgen attack {path} --method fgsm --n {s.attack_n} --out attacks-{spec.name}")
     L += ["capsgen models    # the gcapsnet presets", "```", ""]
     md = "\n".join(L)
-    path = folder / "report.md"
-    atomic_write_text(path, md)
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-    atomic_write_text(folder / "report.html",
-                      f"<!doctype html><html><head><meta charset='utf-8'><title>G-CapsNet reproduction – {s.data}"
-                      f"</title><style>{CSS}</style></head><body>{body}</body></html>")
-    return path
+    return write_report(folder, f"G-CapsNet reproduction – {s.data}", md)

@@ -9,20 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from capsgen.reproduce.common import md_table, write_report
 from capsgen.reproduce.poe.spec import (ARM_LABEL, CLAIMS, DIVERSE_RATIO, PURE_CAPSULE, PURITY_MARGIN,
                                         REALISTIC_PRECISION, STAGE_SHARES, Settings)
-from capsgen.train.checkpoint import atomic_write_text
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}code,pre{background:#f4f4f4}pre{padding:.6em;overflow-x:auto}
-img{max-width:100%;image-rendering:pixelated}"""
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
-            *["| " + " | ".join(r) + " |" for r in rows], ""]
-
 
 def _f(v: Any, fmt: str = ".4f") -> str:
     return "–" if v is None else f"{v:{fmt}}"
@@ -49,7 +38,7 @@ def settings_rows(s: Settings, st: dict[str, Any]) -> list[str]:
                      f"{m['ae_steps']} / {m['stat_steps']} / {m['w_steps']} / {m['u_steps']}",
                      " / ".join(f"{sps[k]:.3g}" for k in ("ae", "stats", "w", "u") if k in sps) or "–",
                      f"{t['steps']}", f"{t['seconds']:.0f}", t["diverged"] or "no"])
-    return _table(["arm", "setting", "centred", "decoder rule", "steps ae / stats / W / U",
+    return md_table(["arm", "setting", "centred", "decoder rule", "steps ae / stats / W / U",
                    "s per step ae / stats / W / U", "steps done", "seconds", "diverged"], rows)
 
 
@@ -68,7 +57,7 @@ def error_rows(s: Settings, st: dict[str, Any]) -> list[str]:
         rows.append([arm, str(e["n"]), _f(e["ae_mse"]), _f(e.get("mean_capsule_error")), _f(e.get("w_recon")),
                      _f(e.get("w_pixel_mse")), _f(e.get("code_resultant"), ".3f"), _f(e.get("u_recon")),
                      _f(e.get("pixel_mse")), note])
-    return _table(["arm", "test images", "AE pixel MSE", "capsule error of the training mean (baseline)",
+    return md_table(["arm", "test images", "AE pixel MSE", "capsule error of the training mean (baseline)",
                    "W capsule error (reverse route)", "W route, pixel MSE", "code resultant (1 = collapsed)",
                    "U capsule error", "whole model, pixel MSE", "note"], rows)
 
@@ -84,7 +73,7 @@ def negative_rows(s: Settings, st: dict[str, Any]) -> list[str]:
     b = st.get("measure/baseline")
     if b:
         rows.append([f"{s.baseline} (baseline)", "", _pct(b["negatives"]), "", "", "", ""])
-    return _table(["arm", "samples per domain", "negatives, full sphere", "restricted half", "full sphere, -g",
+    return md_table(["arm", "samples per domain", "negatives, full sphere", "restricted half", "full sphere, -g",
                    "negatives that -g turns positive", "positives that -g turns negative"], rows)
 
 
@@ -109,8 +98,8 @@ def purity_rows(s: Settings, st: dict[str, Any]) -> tuple[list[str], list[str]]:
         J = max(len(v) for v in per.values())
         rows = [[str(j), *[f"{v[j]['class']} ({100 * v[j]['purity']:.0f} %)" if j < len(v) else "–"
                            for v in per.values()]] for j in range(J)]
-        detail = _table(["capsule", *[f"{a}, {d}" for a, d in per]], rows)
-    return _table(head, summary), detail
+        detail = md_table(["capsule", *[f"{a}, {d}" for a, d in per]], rows)
+    return md_table(head, summary), detail
 
 
 def metric_rows(s: Settings, st: dict[str, Any]) -> list[str]:
@@ -131,7 +120,7 @@ def metric_rows(s: Settings, st: dict[str, Any]) -> list[str]:
                      *_metric_cells(b["metrics"]["samples"]), str(b["metrics"]["counts"]["samples"])])
     if floor:
         rows.append(["real training images (floor)", *_metric_cells(floor), ""])
-    return _table(["samples", "FID ↓", "KID ↓", "precision ↑", "recall ↑", "density", "coverage", "n"], rows)
+    return md_table(["samples", "FID ↓", "KID ↓", "precision ↑", "recall ↑", "density", "coverage", "n"], rows)
 
 
 def _metric_cells(r: dict[str, Any]) -> list[str]:
@@ -214,8 +203,6 @@ def _verdict(key: str, m: dict[str, Any], base: dict[str, Any] | None, s: Settin
 
 def write_reports(folder: Path, s: Settings, results: dict[str, Any], env: dict[str, Any]) -> Path:
     """Write report.md and report.html into ``folder``; returns the report.md path."""
-    import markdown
-
     st = results["stages"]
     shape = "x".join(map(str, env["shape"][1:])) + f"x{env['shape'][0]}"
     first = next((st[f"train/{a}"] for a in s.arms if st.get(f"train/{a}")), None)
@@ -303,10 +290,4 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], env: dict[
                   f"--grid {arm}-capsule3.png", f"capsgen eval {path}"]
     L += ["capsgen models    # the poe preset hauser", "```", ""]
     md = "\n".join(L)
-    path = folder / "report.md"
-    atomic_write_text(path, md)
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-    atomic_write_text(folder / "report.html",
-                      f"<!doctype html><html><head><meta charset='utf-8'><title>Products of expert capsules – "
-                      f"{s.data}</title><style>{CSS}</style></head><body>{body}</body></html>")
-    return path
+    return write_report(folder, f"Products of expert capsules – {s.data}", md)

@@ -10,19 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from capsgen.reproduce.common import md_table, write_report
 from capsgen.reproduce.vcaps.spec import (PAPER_CELEBA_MEAN, PAPER_CELEBA_TABLE_AVG, PAPER_MNIST_ERROR, Settings)
-from capsgen.train.checkpoint import atomic_write_text
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}code,pre{background:#f4f4f4}pre{padding:.6em;overflow-x:auto}
-img{max-width:100%;image-rendering:pixelated}"""
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
-            *["| " + " | ".join(r) + " |" for r in rows], ""]
-
 
 def mean_sd(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
@@ -50,7 +39,7 @@ def training_rows(s: Settings, st: dict[str, Any]) -> list[str]:
         rows.append([spec.name, spec.label, done[0]["preset"] or "–", f"{params:,}", str(done[0]["batch_size"]),
                      fmt([d["steps"] for d in done], digits=0), fmt([d["epochs"] for d in done]),
                      fmt([d["seconds"] for d in done], digits=0)])
-    return _table(["model", "what", "preset", "parameters", "batch", "steps", "epochs", "seconds"], rows)
+    return md_table(["model", "what", "preset", "parameters", "batch", "steps", "epochs", "seconds"], rows)
 
 
 def classification(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[str, list[float]]]:
@@ -64,10 +53,10 @@ def classification(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[str
                          f"{paper['reconstruction']:.2f} (without reconstruction {paper['no reconstruction']:.2f})"])
     if not rows:
         return [], errors
-    return _table(["model", "prediction", "test error % (mean ± sd)", "per seed", "paper, MNIST %"], rows), errors
+    return md_table(["model", "prediction", "test error % (mean ± sd)", "per seed", "paper, MNIST %"], rows), errors
 
 
-def attributes_table(s: Settings, st: dict[str, Any]) -> tuple[list[str], list[float]]:
+def attributesmd_table(s: Settings, st: dict[str, Any]) -> tuple[list[str], list[float]]:
     done = [a for a in _per_seed(st, "analysis/vcaps", s) if "per_attribute" in a]
     if not done:
         return [], []
@@ -77,11 +66,11 @@ def attributes_table(s: Settings, st: dict[str, Any]) -> tuple[list[str], list[f
              f"{100 * ev['per_attribute'][n]:.2f}" if n in ev.get("per_attribute", {}) else "–"] for n in names]
     means = [d["attribute_accuracy"] for d in done]
     rows.append(["**mean**", f"**{fmt(means, 100)}**", f"{100 * ev['accuracy']:.2f}" if ev else "–"])
-    return _table(["attribute", "VCN accuracy % (least-KL capsule of each pair)",
+    return md_table(["attribute", "VCN accuracy % (least-KL capsule of each pair)",
                    "plain CNN % (the attribute evaluator)"], rows), means
 
 
-def sample_table(s: Settings, st: dict[str, Any]) -> list[str]:
+def samplemd_table(s: Settings, st: dict[str, Any]) -> list[str]:
     rows, floor = [], None
     keys = ("fid", "precision", "recall", "density", "coverage")
     for spec in s.specs():
@@ -94,7 +83,7 @@ def sample_table(s: Settings, st: dict[str, Any]) -> list[str]:
                      fmt(steps, digits=0)])
     if floor:
         rows.append(["real training images (floor)", *[f"{floor[k]:.3f}" for k in keys], "–"])
-    return _table(["model", "FID ↓", "precision ↑", "recall ↑", "density", "coverage", "steps"], rows) if rows else []
+    return md_table(["model", "FID ↓", "precision ↑", "recall ↑", "density", "coverage", "steps"], rows) if rows else []
 
 
 def fidelity(s: Settings, st: dict[str, Any]) -> list[str]:
@@ -108,7 +97,7 @@ def fidelity(s: Settings, st: dict[str, Any]) -> list[str]:
         rows.append(["**mean**", f"**{fmt([d['classes']['mean'] for d in done], 100, 1)}**"])
         n = done[0]["classes"]["samples_per_class"]
         return [f"{n} samples per class from the prior through the class's capsule; the share the class "
-                "evaluator assigns to the requested class (%).", "", *_table(["class", "fidelity %"], rows)]
+                "evaluator assigns to the requested class (%).", "", *md_table(["class", "fidelity %"], rows)]
     a = [d["attributes"] for d in done]
     names = list(a[0]["per_attribute"])
     rows = [[n, fmt([x["per_attribute"][n] for x in a], 100, 1), f"{100 * a[0]['evaluator_accuracy'][n]:.2f}"]
@@ -118,7 +107,7 @@ def fidelity(s: Settings, st: dict[str, Any]) -> list[str]:
     return [f"{a[0]['samples']} samples, one per attribute vector of the test split (cycled): prior capsules "
             "through that vector's mask. The share whose attributes, read by the attribute evaluator, equal "
             "the requested ones (%); the evaluator's own accuracy on real test images is the ceiling.", "",
-            *_table(["attribute", "fidelity %", "evaluator on real images %"], rows)]
+            *md_table(["attribute", "fidelity %", "evaluator on real images %"], rows)]
 
 
 def claims(s: Settings, st: dict[str, Any], errors: dict[str, list[float]], means: list[float]) -> list[str]:
@@ -151,8 +140,6 @@ def claims(s: Settings, st: dict[str, Any], errors: dict[str, list[float]], mean
 def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: dict[str, dict[str, str]],
                   env: dict[str, Any]) -> Path:
     """Write report.md and report.html into ``folder``; returns the report.md path."""
-    import markdown
-
     st = results["stages"]
     c, h, w = env["shape"]
     paper_data = "CelebA (162,770 training faces, 256x256, 40 attributes)" if s.attributes else \
@@ -184,7 +171,7 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: d
               "On the whole test split; the VCN predicts the class whose capsule has the least KL divergence to "
               "the prior, CapsNet the longest capsule. The paper's figures are MNIST's, after full training.", "",
               *cls_lines]
-    att_lines, means = attributes_table(s, st)
+    att_lines, means = attributesmd_table(s, st)
     if att_lines:
         L += ["## Attribute prediction (Huang et al. §4.1.1)", "",
               f"Per attribute on the whole test split. Huang et al.: {PAPER_CELEBA_MEAN:.2f} % mean on CelebA "
@@ -193,7 +180,7 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: d
     fid = fidelity(s, st)
     if fid:
         L += ["## Conditional fidelity", "", *fid]
-    samples = sample_table(s, st)
+    samples = samplemd_table(s, st)
     if samples:
         L += ["## Sample quality at equal wall clock", "",
               "Samples drawn from each model's prior (the VCN: a random class, or a random attribute vector seen "
@@ -236,10 +223,4 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: d
               + ("--attributes NAME=1,NAME=0" if s.attributes else "--class 3")]
     L += ["```", ""]
     md = "\n".join(L)
-    path = folder / "report.md"
-    atomic_write_text(path, md)
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-    atomic_write_text(folder / "report.html",
-                      f"<!doctype html><html><head><meta charset='utf-8'><title>Variational capsules – {s.data}"
-                      f"</title><style>{CSS}</style></head><body>{body}</body></html>")
-    return path
+    return write_report(folder, f"Variational capsules – {s.data}", md)
