@@ -2,7 +2,8 @@
 and batched scoring. Written once here so every family does them the same way."""
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,25 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator, ctx: StepContext |
     total, rows = _rows(ctx, len(x))
     flip = (torch.rand(total, generator=generator) < 0.5)[rows].to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@contextlib.contextmanager
+def step_dropout_rng(generator: torch.Generator, device: torch.device, rank: int = 0) -> Iterator[None]:
+    """Fork torch's global RNG (CPU, and ``device`` if CUDA), seeded from the step's ``generator``.
+
+    ``nn.Dropout`` draws from the global RNG; seeding it from the step makes a step depend only on
+    (run seed, step), so a resumed run repeats it, and the caller's RNG is left as it was. The seed
+    is offset by the rank: every process draws its own masks (dropout cannot draw a global batch's
+    masks and slice them as latents are).
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) + rank
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()

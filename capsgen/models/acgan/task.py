@@ -21,10 +21,8 @@ logit). Images arrive in [0, 1] and go to the networks in [-1, 1]; pictures come
 """
 from __future__ import annotations
 
-import contextlib
-import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +30,7 @@ import torch
 from capsgen.data.batch import Batch
 from capsgen.models.acgan.config import ACGANConfig
 from capsgen.models.acgan.nets import build_discriminator, build_generator, discriminator_loss, generator_loss
-from capsgen.models.common import require_labels
+from capsgen.models.common import require_labels, step_dropout_rng
 from capsgen.models.gan.task import slerp
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import ClassConditional, Classifying, Discriminating, Generative
@@ -80,29 +78,13 @@ class ACGANTask(Task, Generative, ClassConditional, Classifying, Discriminating)
             raise ValueError(f"rank slice {ctx.rank_slice} of {total} gives {len(z)} rows, not the batch's {n}")
         return z.to(self.device), y.to(self.device)
 
-    @contextlib.contextmanager
-    def dropout_rng(self, generator: torch.Generator) -> Iterator[None]:
-        """Fork the global RNG (CPU, and the task's CUDA device) seeded from ``generator``.
-
-        The seed is shared by all processes and offset by the rank: every process draws its own
-        masks (nn.Dropout cannot draw a global batch's masks and slice them as the latents are).
-        """
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) + self.dist.rank
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
-            torch.default_generator.manual_seed(seed)
-            if cuda:
-                with torch.cuda.device(self.device):
-                    torch.cuda.manual_seed(seed)
-            yield
-
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         cfg = self.config
         if batch.labels is None:
             raise ValueError("acgan needs class labels with every batch")
         x, y = batch.images * 2 - 1, batch.labels
         n = len(x)
-        with self.dropout_rng(ctx.generator):
+        with step_dropout_rng(ctx.generator, self.device, self.dist.rank):
             # 1. discriminator: n real and n fakes, two forwards (as in the GAN families)
             z, y_fake = self.fakes_spec(n, ctx)
             with torch.no_grad():

@@ -12,14 +12,13 @@ seed, step) alone and a resumed run repeats them.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from capsgen.data.batch import Batch
-from capsgen.models.common import random_shift, require_labels, set_step_lr
+from capsgen.models.common import random_shift, require_labels, set_step_lr, step_dropout_rng
 from capsgen.models.gcapsnet.config import PAPER_PARAMETER_COUNTS, PAPER_SHAPES, GCapsNetConfig, rounds_to
 from capsgen.models.gcapsnet.nets import build_gcapsnet, classification_loss, count_parameters
 from capsgen.nn import safe_norm
@@ -46,24 +45,12 @@ class GCapsNetTask(Task, Classifying):
         self.optimizers = {"model": torch.optim.Adam(self.model.parameters(), lr=config.lr)}
 
     # ------------------------------------------------------------------------------ training
-    @contextlib.contextmanager
-    def dropout_rng(self, generator: torch.Generator) -> Iterator[None]:
-        """Seed torch's global RNG (for dropout) from the step's generator, restoring it after."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) + self.dist.rank
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
-            torch.default_generator.manual_seed(seed)
-            if cuda:
-                with torch.cuda.device(self.device):
-                    torch.cuda.manual_seed(seed)
-            yield
-
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         cfg = self.config
         set_step_lr(self.optimizers["model"], cfg.lr, cfg.lr_decay, ctx)
         x = random_shift(batch.images, cfg.shift_pixels, ctx.generator, ctx)
         y = batch.labels
-        with self.dropout_rng(ctx.generator):
+        with step_dropout_rng(ctx.generator, self.device, self.dist.rank):
             loss, parts = classification_loss(self.model, x, y, cfg)
             self.optimizer_step("model", loss)
         figures = {"loss": loss.item(),
