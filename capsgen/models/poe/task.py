@@ -53,7 +53,7 @@ class PoETask(Task, Generative, CapsuleSampling):
                  dist: Distributed = SINGLE):
         super().__init__(config, info, device, dist)
         c, h, w = info.shape
-        k, s = config.ae_kernel, config.ae_stride
+        k = config.ae_kernel
         if min(h, w) - k + 1 < k:
             raise CapsgenError(f"poe: the {info.name} images ({h}x{w}) are too small for the autoencoder's two "
                                f"{k}x{k} convolutions (they need at least {2 * k - 1} pixels a side); use 28x28 "
