@@ -123,3 +123,17 @@ def test_sample_file_needs_data(tmp_path, capsys):
     path = save(tmp_path / "s.npz", images=np.zeros((20, 8, 8, 1), np.uint8))
     assert main(["eval", str(path)]) == 2
     assert "--data NAME is required" in capsys.readouterr().err
+
+
+def test_sample_verdict_of_a_generative_run(cache, tmp_path, capsys):
+    from capsgen.eval.run_eval import format_verdict, sample_verdict
+
+    run = tmp_path / "gan"
+    assert main(["train", "dcgan", "--data", "digits", "--steps", "2", "--batch-size", "16", "--no-progress",
+                 "--out", str(run), "--set", "threads=1", "--set", "g_width=8", "--set", "d_width=8",
+                 "--set", "n_fixed=16", "--set", "eval_n=32", "--set", "eval_limit=32"]) == 0
+    v = sample_verdict(str(run), n=50)
+    assert v["n"] == 50 and v["fid"] > v["fid_floor"] >= 0 and 1 <= v["classes_hit"] <= v["classes"] == 10
+    assert 0.0 <= v["confident_share"] <= 1.0 and v["evaluator_accuracy"] > 0.9
+    line = format_verdict(v)
+    assert "FID" in line and "floor" in line and "classes drawn" in line and "\n" not in line

@@ -37,6 +37,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="train a capsule GAN for a few minutes on bundled digits; samples, curves, report")
     p.add_argument("--out", default="runs/demo", help="run folder to create (default runs/demo)")
     p.add_argument("--steps", type=int, default=600, help="training steps (default 600: ~3-5 min on 2 cores)")
+    p.add_argument("--no-verdict", action="store_true", help="skip the evaluator's verdict on 1000 samples "
+                   "(the first verdict trains the mnist-5k evaluator once, ~2 min)")
     add_device(p)
     p.set_defaults(func=cmd_demo)
 
@@ -101,4 +103,8 @@ def cmd_demo(args) -> int:
     print(f"curves:         {run.figure('gan_curves.png')}")
     print(f"interpolation:  {run.figure('interpolation.png')}")
     print(f"report:         {run.report_path}")
+    if not args.no_verdict:
+        from capsgen.eval.run_eval import format_verdict, sample_verdict
+
+        print(format_verdict(sample_verdict(str(run.path), n=1000, device=args.device)))
     return 0

@@ -121,3 +121,35 @@ def format_run_eval(res: dict[str, Any]) -> str:
         lines += [f"  {k:<24} {100 * v:6.2f}%   (evaluator {100 * f['evaluator_accuracy'].get(k, float('nan')):.2f}%)"
                   for k, v in f["per_attribute"].items()]
     return "\n".join(lines)
+
+
+def sample_verdict(path: str, n: int = 1000, seed: int = 0, confident: float = 0.9,
+                   device: str | None = "cpu") -> dict[str, Any]:
+    """A newcomer's verdict on a generative run: FID beside its real-vs-real floor, how many
+    classes the samples hit, and the share the evaluator classifies with confidence >= ``confident``.
+    """
+    from capsgen.eval.evaluator import get_evaluator
+    from capsgen.eval.report_metrics import evaluate_samples
+    from capsgen.report.figures import to_uint8_hwc
+
+    opened = open_run(path, "last", device)
+    task, tcfg = opened.task, opened.train_config
+    if "generate" not in capabilities_of(task):
+        raise CapsgenError(f"{opened.run.path} is a {tcfg.family} run, which cannot generate images")
+    images = task.sample(n, torch.Generator().manual_seed(seed))
+    ev = get_evaluator(tcfg.data, tcfg.data_dir)
+    res = evaluate_samples(to_uint8_hwc(images), tcfg.data, n, ev, data_dir=tcfg.data_dir, seed=seed,
+                           source=str(opened.run.path))
+    probs = ev.probs(images)
+    cc = res["samples"]["class_coverage"]
+    return {"n": n, "fid": res["samples"]["fid"], "fid_floor": res["real_vs_real"]["fid"],
+            "classes_hit": cc["classes_hit"], "classes": len(cc["counts"]),
+            "confident_share": (probs.max(1).values >= confident).float().mean().item(),
+            "confidence": confident, "evaluator_accuracy": ev.accuracy}
+
+
+def format_verdict(v: dict[str, Any]) -> str:
+    return (f"evaluator's verdict on {v['n']} samples: FID {v['fid']:.1f} (real-vs-real floor {v['fid_floor']:.1f}); "
+            f"{v['classes_hit']} of {v['classes']} classes drawn; {100 * v['confident_share']:.0f}% classified "
+            f"with confidence >= {v['confidence']:g} by an evaluator of {100 * v['evaluator_accuracy']:.1f}% test "
+            "accuracy")
