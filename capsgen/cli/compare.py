@@ -9,7 +9,7 @@ from capsgen.errors import CapsgenError
 def add_parsers(sub) -> None:
     from capsgen.cli import add_device
     from capsgen.data import dataset_names
-    from capsgen.reproduce.capsulegan import labelled_counts
+    from capsgen.reproduce.args import labelled_counts
 
     p = sub.add_parser("battle", help="GAM battle of two generative runs (Im et al.; Jaiswal et al. 2018 §5.3)")
     p.add_argument("run_a", metavar="RUN_A", help="model A (the paper puts the CapsuleGAN here)")

@@ -10,40 +10,14 @@ import argparse
 from typing import Any
 
 from capsgen.errors import CapsgenError
+from capsgen.reproduce.args import labelled_counts, name_list, seed_list
 
 DESCRIPTION = ("Karmakar's DCGAN vs CapsuleGAN (quality along training) and Jaiswal et al. 2018's "
                "convolutional GAN vs CapsuleGAN (sample metrics, GAM battle, Label Spreading), "
                "at equal wall clock and equal iterations, over several seeds")
 
 
-def labelled_counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated counts, e.g. 100,1000,10000") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: counts must be positive, e.g. 100,1000,10000")
-    return counts
 
-
-def seed_list(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated seeds, e.g. 0,1,2") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be distinct and >= 0, e.g. 0,1,2")
-    return seeds
-
-
-def model_list(text: str) -> tuple[str, ...]:
-    from capsgen.reproduce.capsulegan.spec import MODEL_NAMES
-
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [n for n in names if n not in MODEL_NAMES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(MODEL_NAMES)}")
-    return tuple(n for n in MODEL_NAMES if n in names)
 
 
 def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
@@ -61,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
     p.add_argument("--scale", default="cpu", choices=SCALES,
                    help="cpu: the paper presets with 64-channel, 8-type capsule discriminators (default); "
                         "paper: the papers' sizes")
-    p.add_argument("--models", type=model_list, default=MODEL_NAMES, metavar="A,B,…",
+    p.add_argument("--models", type=name_list(MODEL_NAMES), default=MODEL_NAMES, metavar="A,B,…",
                    help=f"models to train (default all: {','.join(MODEL_NAMES)})")
     p.add_argument("--lr", default="equal", choices=LR_TREATMENTS,
                    help="equal: every discriminator learns at its generator's rate, as in the papers (default); "

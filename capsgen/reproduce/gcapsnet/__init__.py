@@ -7,33 +7,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from capsgen.reproduce.args import name_list, seed_list
+
 from capsgen.reproduce.gcapsnet.spec import ATTACKS, MODEL_NAMES, SCALES
 
 DESCRIPTION = ("G-CapsNets (Chen et al.): test error vs parameters over seeds (CNN, CapsNet, FC/conv/multi-layer "
                "G-CapsNets), error on AC-GAN images per GAN epoch, FGSM and universal-perturbation attacks")
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 0,1,2") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"{text!r}: give at least one integer, e.g. 0,1,2")
-    return values
-
-
-def name_list(choices: tuple[str, ...], allow_none: bool = False):
-    def parse(text: str) -> tuple[str, ...]:
-        if allow_none and text.strip() == "none":
-            return ()
-        names = tuple(t.strip() for t in text.split(",") if t.strip())
-        bad = [n for n in names if n not in choices]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(choices)}"
-                                             + (" or none" if allow_none else ""))
-        return names
-    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
@@ -41,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
     p.add_argument("--data-dir", help="folder holding the dataset's standard files")
     p.add_argument("--budget", type=float, required=True, metavar="MINUTES",
                    help="training wall-clock minutes per model and seed")
-    p.add_argument("--seeds", type=int_list, default=(0, 1, 2), metavar="0,1,2",
+    p.add_argument("--seeds", type=seed_list, default=(0, 1, 2), metavar="0,1,2",
                    help="seeds of every classifier (table 2 reports mean ± sd over them)")
     p.add_argument("--epochs", type=float, help="also stop each classifier after this many epochs")
     p.add_argument("--out", help="report folder (default reports/gcapsnet-DATA); running the same command "

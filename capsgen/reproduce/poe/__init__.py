@@ -8,18 +8,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from capsgen.reproduce.args import name_list
+
 from capsgen.reproduce.poe.spec import ARMS
 
 DESCRIPTION = ("Products of expert capsules (Hauser): paper setting and centred capsules vs a DCGAN of equal wall "
                "clock; figure-2 grids, negatives full vs restricted, per-capsule class purity, FID/precision/recall")
 
-
-def arm_list(text: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [n for n in names if n not in ARMS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(ARMS)}")
-    return names
 
 
 def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
@@ -29,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
     p.add_argument("--budget", type=float, required=True, metavar="MINUTES",
                    help="training minutes of each poe run (its stage lengths are planned from timed steps); "
                    "the baseline gets the mean time the poe runs took")
-    p.add_argument("--arms", type=arm_list, default=ARMS, metavar="hauser,centred",
+    p.add_argument("--arms", type=name_list(ARMS), default=ARMS, metavar="hauser,centred",
                    help="which settings: hauser (the paper as printed), centred (capsgen's default)")
     p.add_argument("--baseline", default="dcgan", help="a generative family trained for the same wall clock "
                    "(default dcgan; none = skip)")

@@ -8,28 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from capsgen.reproduce.args import name_list, seed_list
+
 DESCRIPTION = ("variational capsules (Huang et al.): test error vs CapsNet, per-attribute accuracy, "
                "conditional fidelity, FID/precision/recall vs DCGAN and CapsuleGAN at equal wall clock")
 
 
-def seed_list(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated seeds, e.g. 0,1,2") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be distinct and >= 0, e.g. 0,1,2")
-    return seeds
-
-
-def model_list(text: str) -> tuple[str, ...]:
-    from capsgen.reproduce.vcaps.spec import MODEL_NAMES
-
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [n for n in names if n not in MODEL_NAMES]
-    if bad or "vcaps" not in names:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(MODEL_NAMES)} (vcaps always)")
-    return tuple(n for n in MODEL_NAMES if n in names)
 
 
 def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
@@ -46,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
     p.add_argument("--scale", default="cpu", choices=SCALES,
                    help="cpu: narrower networks (default); paper: the huang-mnist / huang-celeba presets "
                         "and Sabour et al.'s CapsNet")
-    p.add_argument("--models", type=model_list, default=MODEL_NAMES, metavar="NAMES",
+    p.add_argument("--models", type=name_list(MODEL_NAMES, required="vcaps"), default=MODEL_NAMES, metavar="NAMES",
                    help=f"which models (default all: {','.join(MODEL_NAMES)}; capsnet on class data only)")
     p.add_argument("--n-metrics", type=int, default=2000, metavar="N",
                    help="samples drawn per model for FID / precision / recall and conditional fidelity")
