@@ -84,7 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _leave_process_group()
         if main_thread and old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+            if argv is None:
+                # The process is on its way out with its work done and written. A Ctrl-C/SIGTERM
+                # landing during interpreter teardown (a second or so with torch loaded) must not
+                # kill it with -15 or print a traceback. Python resets its own handlers to the
+                # default while finalizing but leaves SIG_IGN alone, so ignore both from here on.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            else:
+                signal.signal(signal.SIGTERM, old_term)
 
 
 def _sigterm_as_interrupt(signum, frame):
