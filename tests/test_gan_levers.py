@@ -1,4 +1,5 @@
-"""The cheap GAN levers: DiffAugment, hinge objective, spectral norm, strided capsule-D conv, and the
+"""The cheap GAN levers: DiffAugment, hinge objective, spectral norm, strided capsule-D conv, minibatch
+standard deviation, and the
 Karmakar presets' iteration count. Augmentations are checked against loop references written from
 DiffAugment's definition; the rest against hand computations and a resumed run."""
 from __future__ import annotations
@@ -14,7 +15,7 @@ from capsgen.data.batch import Batch
 from capsgen.models.gan.augment import (cutout, cutout_size, diff_augment, translate, translation_range)
 from capsgen.models.gan.config import CapsuleGANConfig, DCGANConfig
 from capsgen.models.gan.losses import hinge_d_loss, hinge_g_loss, objective, real_logit
-from capsgen.models.gan.nets import CapsuleDiscriminator
+from capsgen.models.gan.nets import CapsuleDiscriminator, minibatch_std
 from capsgen.models.gan.task import GANTask, build_discriminator
 from capsgen.train.checkpoint import read_checkpoint
 from capsgen.train.task import DataInfo, StepContext
@@ -197,8 +198,53 @@ def test_strided_first_conv_quarters_the_primary_capsule_input():
         build_discriminator(CapsuleGANConfig(d_conv_stride=3), shape)
 
 
+# ------------------------------------------------------------------ minibatch standard deviation
+def minibatch_std_loop(y, group):
+    """Karras et al.'s definition, sample by sample: group k holds samples k, k + M, k + 2M, …"""
+    B, C, H, W = y.shape
+    g = min(group, B) if B % min(group, B) == 0 else B
+    M = B // g
+    out = torch.empty(B, C + 1, H, W, dtype=y.dtype)
+    out[:, :C] = y
+    for k in range(M):
+        members = [k + M * r for r in range(g)]
+        total = 0.0
+        for c in range(C):
+            for i in range(H):
+                for j in range(W):
+                    vals = [y[b, c, i, j] for b in members]
+                    mean = sum(vals) / g
+                    total = total + (sum((v - mean) ** 2 for v in vals) / g + 1e-8) ** 0.5
+        for b in members:
+            out[b, C] = total / (C * H * W)
+    return out
+
+
+@pytest.mark.parametrize("B,group", [(8, 4), (6, 4), (5, 5), (1, 4), (4, 1)])
+def test_minibatch_std_matches_loop_reference(B, group):
+    torch.manual_seed(B)
+    y = torch.randn(B, 3, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(minibatch_std(y, group), minibatch_std_loop(y, group))
+
+
+def test_minibatch_std_gradients_and_what_it_tells_apart():
+    y = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: minibatch_std(t, 2), (y,))
+    same = torch.randn(1, 2, 3, 3).expand(4, 2, 3, 3)       # one mode repeated: spread ~ 0
+    assert minibatch_std(same, 4)[:, -1].max() < 1e-3 < minibatch_std(torch.randn(4, 2, 3, 3), 4)[:, -1].min()
+
+
+def test_capsule_discriminator_with_minibatch_std_trains_and_resumes(tmp_path):
+    d = build_discriminator(CapsuleGANConfig(d_conv_channels=8, d_minibatch_std=4), (1, 28, 28))
+    assert d.primary.conv.in_channels == 9 and d(torch.randn(8, 1, 28, 28)).shape == (8, 1)
+    args = ["--steps", "4", "--batch-size", "8", "--set", "d_minibatch_std=4", "--set", "sample_every=0",
+            "--set", "log_every=1"]
+    assert train(tmp_path / "r", "capsulegan", *args) == 0
+    assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in train_rows(tmp_path / "r"))
+
+
 @pytest.mark.parametrize("setting,message", [("diffaugment=flip", "diffaugment"), ("d_conv_stride=0", "d_conv_stride"),
-                                             ("objective=wgan", "hinge")])
+                                             ("objective=wgan", "hinge"), ("d_minibatch_std=-1", "d_minibatch_std")])
 def test_bad_lever_values_are_one_line_errors(tmp_path, capsys, setting, message):
     assert train(tmp_path / "r", "capsulegan", "--steps", "1", "--set", setting) == 2
     err = capsys.readouterr().err

@@ -73,6 +73,9 @@ class GANConfig(FamilyConfig):
     d_routing_kind: str = opt("dynamic", choices=ROUTINGS)
     d_caps_init_std: float = opt(0.01, gt=0)     # std of the capsule transforms W_ij (Sabour: 0.01)
     d_dense: int = opt(64, min=1)                 # caps-dense: hidden dense layer
+    # capsule discriminators: minibatch standard deviation (Karras et al. 2018) over groups of this
+    # many images, one extra channel before the primary capsules; 0 = off
+    d_minibatch_std: int = opt(0, min=0)
     # spectral normalisation (Miyato et al. 2018) of every conv and dense layer of D (not of the
     # capsule transforms W_ij, which are [I, J, D_out, D_in] tensors, not one linear map)
     d_spectral_norm: bool = False

@@ -65,6 +65,26 @@ def spectral_normed(module: nn.Module) -> nn.Module:
     return module
 
 
+def minibatch_std(y: torch.Tensor, group: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C + 1, H, W]: appends the batch's spread as one constant channel.
+
+    Karras et al. 2018 (ProGAN, "minibatch standard deviation"): split the batch into groups of
+    ``group`` images (sample b goes to group b % (B / group): strided groups, as theirs),
+    take the standard deviation of every feature over a group, average it over features and
+    positions and hand that one number per group to every image of the group as an extra
+    channel. A discriminator that sees only single images cannot tell one collapsed mode repeated
+    from varied samples; with this channel it can. A batch that ``group`` does not divide is one
+    group; a batch of one gets 0.
+    """
+    B, C, H, W = y.shape
+    g = min(group, B)
+    if B % g:
+        g = B
+    spread = y.reshape(g, B // g, C, H, W).var(dim=0, unbiased=False).add(1e-8).sqrt()   # [B/g, C, H, W]
+    stat = spread.mean(dim=(1, 2, 3)).repeat(g)                                        # [B]: b -> b % (B/g)
+    return torch.cat([y, stat.view(B, 1, 1, 1).expand(B, 1, H, W)], dim=1)
+
+
 # --------------------------------------------------------------------------------- generators
 class DCGANGenerator(nn.Module):
     """Radford et al.'s generator: z [B, latent_dim] -> images [B, C, H, W] in [-1, 1].
@@ -198,6 +218,9 @@ class CapsuleDiscriminator(nn.Module):
     ``conv_stride`` 2 (not in either paper) halves the first conv's output map on each side, so
     the primary-capsule conv, most of the discriminator's cost, sees a quarter of the positions.
 
+    ``minibatch_std`` > 0 (not in either paper) appends :func:`minibatch_std` over groups of that
+    many images to the first conv's output, so the primary capsules can see how varied the batch is.
+
     ``routing="trainable"`` replaces routing by agreement with Chen et al.'s (G-CapsNets)
     trainable routing: learnt couplings c_ij, one pass, no iterations (``routing_iterations`` and
     ``grad_through_routing`` then do not apply). The squash stays ``squash`` (Sabour's), so only
@@ -210,7 +233,8 @@ class CapsuleDiscriminator(nn.Module):
                  primary_kernel: int = 9, primary_stride: int = 2, out_caps: int = 10,
                  out_dim: int = 16, routing_iterations: int = 3, head: str = "dense",
                  dense: int = 64, grad_through_routing: bool = True, squash: str = "sabour",
-                 init_std: float = 0.01, conv_stride: int = 1, routing: str = "dynamic"):
+                 init_std: float = 0.01, conv_stride: int = 1, routing: str = "dynamic",
+                 minibatch_std: int = 0):
         super().__init__()
         C, H, W = shape
         if head not in ("dense", "length"):
@@ -225,7 +249,8 @@ class CapsuleDiscriminator(nn.Module):
         self.kind = "logit" if head == "dense" else "length"
         self.conv = nn.Conv2d(C, conv_channels, conv_kernel, conv_stride)
         self.act = _activation(activation, conv_channels)
-        self.primary = PrimaryCapsules(conv_channels, primary_caps, primary_dim, primary_kernel,
+        self.minibatch_std = minibatch_std
+        self.primary = PrimaryCapsules(conv_channels + (minibatch_std > 0), primary_caps, primary_dim, primary_kernel,
                                        primary_stride, squash=squash)
         self.num_primary = primary_caps * h * w
         # One parent: c == 1 after any number of iterations, so one iteration is the same answer.
@@ -239,7 +264,10 @@ class CapsuleDiscriminator(nn.Module):
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""
-        return self.caps(self.primary(self.act(self.conv(x))))
+        y = self.act(self.conv(x))
+        if self.minibatch_std:
+            y = minibatch_std(y, self.minibatch_std)
+        return self.caps(self.primary(y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> logits [B, 1] (dense head) or capsule lengths [B, out_caps]."""

@@ -56,7 +56,8 @@ def build_discriminator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn
                                  cfg.d_primary_caps, cfg.d_primary_dim, cfg.d_primary_kernel,
                                  cfg.d_primary_stride, out_caps, cfg.d_caps_dim, cfg.d_routing, head,
                                  cfg.d_dense, cfg.d_grad_through_routing, init_std=cfg.d_caps_init_std,
-                                 conv_stride=cfg.d_conv_stride, routing=cfg.d_routing_kind)
+                                 conv_stride=cfg.d_conv_stride, routing=cfg.d_routing_kind,
+                                 minibatch_std=cfg.d_minibatch_std)
     return spectral_normed(d) if cfg.d_spectral_norm else d
 
 
