@@ -15,6 +15,11 @@ summarised by their medians, so drifts in machine load hit both sides equally:
     the ratio says how much of the conv-only speed survives it.
 
     python benchmarks/gan_step.py [--batch 64] [--warmup 3] [--repeats 30] [--threads N]
+                                  [--preset NAME] [--set model.KEY=VALUE ...]
+
+``--preset`` / ``--set`` change the CapsuleGAN side only (e.g. a capsule preset against the
+default DCGAN); settings of a train section or of the generator are refused, so the generators
+compared stay the same.
 
 Ratios are of images per second (higher = the first one is faster): capsulegan_vs_dcgan_ratio is
 CapsuleGAN / DCGAN iterations, capsule_d_vs_conv_ratio capsule discriminator / conv-only steps.
@@ -33,7 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from capsgen.config import apply_overrides
 from capsgen.models.gan.nets import CapsuleDiscriminator
+from capsgen.runs import preset_pairs
 from capsgen.models.gan.config import CapsuleGANConfig, DCGANConfig
 from capsgen.models.gan.task import GANTask, build_discriminator
 from capsgen.data.batch import Batch
@@ -100,6 +107,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30, help="timed rounds; medians are reported")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--shape", default="1,28,28")
+    ap.add_argument("--preset", help="a capsulegan preset (capsgen models)")
+    ap.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE",
+                    help="a capsulegan model field, applied after --preset (repeatable)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +120,9 @@ def main() -> None:
     info = DataInfo("synthetic", shape, 10, None, 100 * B)
 
     caps_cfg, dc_cfg = CapsuleGANConfig(), DCGANConfig()
+    pairs = [p for p in [*preset_pairs("capsulegan", args.preset), *args.set] if not p.startswith("train.")]
+    apply_overrides({"model": caps_cfg}, pairs)
+    caps_cfg.validate()
     diff = {f: (getattr(caps_cfg, f), getattr(dc_cfg, f)) for f in GENERATOR_FIELDS
             if getattr(caps_cfg, f) != getattr(dc_cfg, f)}
     if diff:
@@ -124,7 +137,8 @@ def main() -> None:
           f"warmup {args.warmup}, repeats {args.repeats} (medians, interleaved)")
     print(f"capsulegan D: {caps_cfg.discriminator}, {caps_cfg.objective}, conv {caps_cfg.d_conv_channels}x"
           f"{caps_cfg.d_conv_kernel}, primary {caps_cfg.d_primary_caps}x{caps_cfg.d_primary_dim}-D "
-          f"({caps.D.num_primary} capsules); G: {caps_cfg.generator} width {caps_cfg.g_width}")
+          f"({caps.D.num_primary} capsules); G: {caps_cfg.generator} width {caps_cfg.g_width}"
+          + (f"; settings: {' '.join(pairs)}" if pairs else ""))
 
     # (a) + (b): full GAN iterations.
     gan = interleaved({n: gan_step(t, images) for n, t in tasks.items()}, args.warmup, args.repeats)
