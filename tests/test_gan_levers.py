@@ -15,7 +15,7 @@ from capsgen.data.batch import Batch
 from capsgen.models.gan.augment import (cutout, cutout_size, diff_augment, translate, translation_range)
 from capsgen.models.gan.config import CapsuleGANConfig, DCGANConfig
 from capsgen.models.gan.losses import hinge_d_loss, hinge_g_loss, objective, real_logit
-from capsgen.models.gan.nets import CapsuleDiscriminator, minibatch_std
+from capsgen.models.gan.nets import CapsuleDiscriminator, minibatch_spread
 from capsgen.models.gan.task import GANTask, build_discriminator
 from capsgen.train.checkpoint import read_checkpoint
 from capsgen.train.task import DataInfo, StepContext
@@ -199,13 +199,12 @@ def test_strided_first_conv_quarters_the_primary_capsule_input():
 
 
 # ------------------------------------------------------------------ minibatch standard deviation
-def minibatch_std_loop(y, group):
+def minibatch_spread_loop(y, group):
     """Karras et al.'s definition, sample by sample: group k holds samples k, k + M, k + 2M, …"""
     B, C, H, W = y.shape
     g = min(group, B) if B % min(group, B) == 0 else B
     M = B // g
-    out = torch.empty(B, C + 1, H, W, dtype=y.dtype)
-    out[:, :C] = y
+    out = torch.empty(B, dtype=y.dtype)
     for k in range(M):
         members = [k + M * r for r in range(g)]
         total = 0.0
@@ -216,31 +215,55 @@ def minibatch_std_loop(y, group):
                     mean = sum(vals) / g
                     total = total + (sum((v - mean) ** 2 for v in vals) / g + 1e-8) ** 0.5
         for b in members:
-            out[b, C] = total / (C * H * W)
+            out[b] = total / (C * H * W)
     return out
 
 
 @pytest.mark.parametrize("B,group", [(8, 4), (6, 4), (5, 5), (1, 4), (4, 1)])
-def test_minibatch_std_matches_loop_reference(B, group):
+def test_minibatch_spread_matches_loop_reference(B, group):
     torch.manual_seed(B)
     y = torch.randn(B, 3, 2, 3, dtype=torch.float64)
-    torch.testing.assert_close(minibatch_std(y, group), minibatch_std_loop(y, group))
+    torch.testing.assert_close(minibatch_spread(y, group), minibatch_spread_loop(y, group))
 
 
-def test_minibatch_std_gradients_and_what_it_tells_apart():
+def test_minibatch_spread_gradients_and_what_it_tells_apart():
     y = torch.randn(4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: minibatch_std(t, 2), (y,))
+    assert torch.autograd.gradcheck(lambda t: minibatch_spread(t, 2), (y,))
     same = torch.randn(1, 2, 3, 3).expand(4, 2, 3, 3)       # one mode repeated: spread ~ 0
-    assert minibatch_std(same, 4)[:, -1].max() < 1e-3 < minibatch_std(torch.randn(4, 2, 3, 3), 4)[:, -1].min()
+    assert minibatch_spread(same, 4).max() < 1e-3 < minibatch_spread(torch.randn(4, 2, 3, 3), 4).min()
+
+
+def test_spread_bias_equals_karras_constant_channel_into_the_primary_conv():
+    """Appending the statistic as a channel to an unpadded conv = adding it times the kernel sums."""
+    torch.manual_seed(0)
+    d = CapsuleDiscriminator((1, 28, 28), 8, 9, "relu", 2, 4, 5, 2, out_caps=1, head="length",
+                             conv_stride=2, minibatch_std=4)
+    with torch.no_grad():
+        d.spread_weight.normal_()
+    x = torch.randn(8, 1, 28, 28)
+    y = d.act(d.conv(x))
+    stat = minibatch_spread(y, 4)
+    conv = torch.nn.Conv2d(9, 8, 5, 2)                     # the ProGAN way: 8 + 1 input channels
+    with torch.no_grad():
+        conv.weight[:, :8] = d.primary.conv.weight
+        conv.bias.copy_(d.primary.conv.bias)
+        conv.weight[:, 8] = d.spread_weight[:, None, None] / 25   # kernel sum = spread_weight
+    ref = conv(torch.cat([y, stat.view(8, 1, 1, 1).expand(8, 1, *y.shape[2:])], dim=1))
+    ours = d.primary.conv(y) + (stat[:, None] * d.spread_weight)[:, :, None, None]
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert d(x).shape == (8, 1)
 
 
 def test_capsule_discriminator_with_minibatch_std_trains_and_resumes(tmp_path):
     d = build_discriminator(CapsuleGANConfig(d_conv_channels=8, d_minibatch_std=4), (1, 28, 28))
-    assert d.primary.conv.in_channels == 9 and d(torch.randn(8, 1, 28, 28)).shape == (8, 1)
+    assert d.spread_weight.shape == (8 * 8,) and torch.all(d.spread_weight == 0)   # starts as without
     args = ["--steps", "4", "--batch-size", "8", "--set", "d_minibatch_std=4", "--set", "sample_every=0",
             "--set", "log_every=1"]
     assert train(tmp_path / "r", "capsulegan", *args) == 0
-    assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in train_rows(tmp_path / "r"))
+    rows = train_rows(tmp_path / "r")
+    assert len(rows) == 4 and all(torch.isfinite(torch.tensor(r["d_loss"])) for r in rows)
+    weights, _ = read_checkpoint(tmp_path / "r" / "checkpoints" / "last.safetensors")
+    assert weights["module.discriminator.spread_weight"].abs().sum() > 0          # it learnt something
 
 
 @pytest.mark.parametrize("setting,message", [("diffaugment=flip", "diffaugment"), ("d_conv_stride=0", "d_conv_stride"),

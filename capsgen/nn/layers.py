@@ -50,16 +50,22 @@ class PrimaryCapsules(nn.Module):
         self.conv = nn.Conv2d(in_channels, num_capsules * capsule_dim, kernel_size, stride, padding)
         self.squash = get_squash(squash)
 
-    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, Cin, H, W] -> [B, num_capsules, H', W', capsule_dim]."""
+    def forward_grid(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, Cin, H, W] -> [B, num_capsules, H', W', capsule_dim].
+
+        ``shift`` [B, num_capsules * capsule_dim], if given, is added to the convolution's output
+        at every position before the squash (a per-image bias, e.g. a batch statistic).
+        """
         y = self.conv(x)
+        if shift is not None:
+            y = y + shift[:, :, None, None]
         B, _, H, W = y.shape
         y = y.view(B, self.num_capsules, self.capsule_dim, H, W).permute(0, 1, 3, 4, 2)
         return self.squash(y)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         """[B, Cin, H, W] -> flat capsules [B, num_capsules * H' * W', capsule_dim]."""
-        g = self.forward_grid(x)
+        g = self.forward_grid(x, shift)
         return g.reshape(g.shape[0], -1, self.capsule_dim)
 
 
