@@ -83,3 +83,33 @@ def test_demo_trains_a_capsule_gan_and_writes_samples_curves_and_report(tmp_path
         assert f"]({ref})" in report
     for figure in ("d_acc", "d_real", "d_fake"):   # the final discriminator figures
         assert f"| {figure} |" in report
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_an_interrupt_wrapped_by_an_import_is_one_line(monkeypatch, capsys, wrapped):
+    """Python 3.11 turns a Ctrl-C inside a class's __set_name__ (torch.fx, during `import torch`)
+    into a RuntimeError caused by it; capsgen still reports one line and exit 130."""
+    import capsgen.cli.models as models_cli
+
+    def interrupted(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            if wrapped:
+                raise RuntimeError("Error calling __set_name__ on 'Field' instance") from exc
+            raise
+
+    monkeypatch.setattr(models_cli, "cmd_models", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == "capsgen: interrupted\n"
+
+
+def test_other_errors_are_not_taken_for_interrupts(monkeypatch):
+    import capsgen.cli.models as models_cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(models_cli, "cmd_models", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["models"])

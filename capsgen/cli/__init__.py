@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"capsgen: error: {msg}", file=sys.stderr)
         return 130 if type(exc).__name__ == "Interrupted" else 2
+    except Exception as exc:
+        # A Ctrl-C that lands while a module is being imported can come back wrapped: Python 3.11
+        # re-raises an exception from a class's __set_name__ (torch.fx's dataclasses, during
+        # `import torch`) as RuntimeError caused by it. Still an interruption: one line.
+        if not _caused_by_interrupt(exc):
+            raise
+        print("capsgen: interrupted", file=sys.stderr)
+        return 130
     finally:
         _leave_process_group()
         if main_thread and old_term is not None:
@@ -93,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             else:
                 signal.signal(signal.SIGTERM, old_term)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _sigterm_as_interrupt(signum, frame):
