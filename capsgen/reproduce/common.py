@@ -19,6 +19,17 @@ def say(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def open_report_folder(s: Any) -> Path:
+    """The report folder of settings ``s`` (``s.out``), checked, with ``s.data`` made the dataset's
+    canonical name. Nothing is created: a run() calls this before any work."""
+    from capsgen.data.registry import get_spec
+
+    s.data = get_spec(s.data).name
+    folder = Path(s.out)
+    check_report_folder(folder)
+    return folder
+
+
 def check_report_folder(folder: Path) -> None:
     """Refuse a file, or a non-empty folder that holds no reproduction (capsgen did not make it)."""
     if folder.exists() and not folder.is_dir():

@@ -32,7 +32,7 @@ import torch
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.capsulegan.spec import (JAISWAL, ModelSpec, Settings, arm_pairs, model_pairs, run_dir,
                                                segment_targets, train_fields)
-from capsgen.reproduce.common import Results, check_report_folder
+from capsgen.reproduce.common import Results, open_report_folder
 
 RESULTS_FORMAT = 2   # 1: one seed, one budget (before equal-iteration arms and seeds)
 
@@ -225,13 +225,10 @@ def copy_figures(folder: Path, s: Settings) -> dict[str, dict[str, str]]:
 def run(s: Settings) -> Path:
     """Every stage of the reproduction into ``s.out``; returns the path of report.md."""
     from capsgen.compare import battle, semisup
-    from capsgen.data.registry import get_spec
     from capsgen.eval.evaluator import get_evaluator
     from capsgen.reproduce.capsulegan.report import write_reports
 
-    s.data = get_spec(s.data).name
-    folder = Path(s.out)
-    check_report_folder(folder)
+    folder = open_report_folder(s)
     check_all(s)                                    # bad data, --set or network: before any folder
     if (folder / "results.json").is_file():
         Results(folder, s, fmt=RESULTS_FORMAT)      # other settings: refused before any work

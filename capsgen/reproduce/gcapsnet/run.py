@@ -32,7 +32,7 @@ import torch
 from capsgen.config import TrainConfig, apply_overrides
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.gcapsnet.spec import ATTACK_MODELS, MODELS, TABLE3_MODELS, ModelSpec, Settings
-from capsgen.reproduce.common import Results, check_report_folder, say
+from capsgen.reproduce.common import Results, open_report_folder, say
 
 EVAL_BATCH = 500
 
@@ -247,13 +247,10 @@ def check_settings(s: Settings) -> None:
 def run(s: Settings) -> Path:
     """Every stage into ``s.out``; returns the path of report.md."""
     from capsgen.data import load_split
-    from capsgen.data.registry import get_spec
     from capsgen.reproduce.gcapsnet.report import write_reports
 
     check_settings(s)
-    s.data = get_spec(s.data).name
-    folder = Path(s.out)
-    check_report_folder(folder)
+    folder = open_report_folder(s)
     test = load_split(s.data, "test", s.data_dir)       # bad data fails before any folder is made
     if test.labels is None:
         raise CapsgenError(f"{s.data} has no class labels; the G-CapsNet experiments classify")

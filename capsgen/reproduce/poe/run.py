@@ -36,7 +36,7 @@ from capsgen.config import TrainConfig
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.poe.spec import (ARM_PRESET, ARMS, EVAL_SHARE, EVALS_PER_RUN, STAGE_SHARES, STAT_STEPS,
                                         Settings)
-from capsgen.reproduce.common import Results, check_report_folder, say
+from capsgen.reproduce.common import Results, open_report_folder, say
 
 CALIBRATION_STEPS = 4          # timed steps per stage (the first of each is a warm-up and not counted)
 TEST_IMAGES = 500              # test images of the error measurements
@@ -304,14 +304,11 @@ def run(s: Settings) -> Path:
     """Every stage into ``s.out``; returns the path of report.md."""
     from capsgen import runs
     from capsgen.data import load_split
-    from capsgen.data.registry import get_spec
     from capsgen.eval.evaluator import get_evaluator
     from capsgen.reproduce.poe.report import write_reports
 
     check_settings(s)
-    s.data = get_spec(s.data).name
-    folder = Path(s.out)
-    check_report_folder(folder)
+    folder = open_report_folder(s)
     test = load_split(s.data, "test", s.data_dir)       # bad data fails before any folder is made
     if test.labels is None:
         raise CapsgenError(f"{s.data} has no class labels; the capsule purity and the sample metrics use "

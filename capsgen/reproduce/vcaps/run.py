@@ -33,7 +33,7 @@ import torch
 from capsgen.config import TrainConfig, apply_overrides
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.vcaps.spec import MODEL_NAMES, MODELS, SCALES, ModelSpec, Settings
-from capsgen.reproduce.common import Results, check_report_folder, say
+from capsgen.reproduce.common import Results, open_report_folder, say
 
 
 # ------------------------------------------------------------------------------ configs
@@ -208,14 +208,11 @@ def check_settings(s: Settings) -> None:
 def run(s: Settings) -> Path:
     """Every stage into ``s.out``; returns the path of report.md."""
     from capsgen.data import load_split
-    from capsgen.data.registry import get_spec
     from capsgen.eval.evaluator import get_evaluator
     from capsgen.reproduce.vcaps.report import write_reports
 
     check_settings(s)
-    s.data = get_spec(s.data).name
-    folder = Path(s.out)
-    check_report_folder(folder)
+    folder = open_report_folder(s)
     test_data = load_split(s.data, "test", s.data_dir)     # bad data fails before any folder is made
     if test_data.labels is None and test_data.attributes is None:
         raise CapsgenError(f"{s.data} has neither class labels nor attributes; variational capsules need one")
