@@ -19,7 +19,7 @@ from capsgen.models.gan.nets import CapsuleDiscriminator, minibatch_spread
 from capsgen.models.gan.task import GANTask, build_discriminator
 from capsgen.train.checkpoint import read_checkpoint
 from capsgen.train.task import DataInfo, StepContext
-from tests.test_gan_train import TINY_GAN, train, train_rows
+from tests.test_gan_train import train, train_rows
 
 
 # ------------------------------------------------------------------------------ DiffAugment

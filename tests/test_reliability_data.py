@@ -35,7 +35,6 @@ from capsgen.data import load_split
 from capsgen.data.cifar import IMAGE_BYTES, read_batch
 from capsgen.data.idx import IMAGES_MAGIC, read_idx
 from capsgen.data.testing import (
-    dump_pickle,
     expect_data_error,
     write_celeba,
     write_cifar10,

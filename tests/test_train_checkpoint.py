@@ -1,7 +1,6 @@
 """Checkpoints: round trip, schema validation, checksum, atomic writes and their failure modes."""
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import os

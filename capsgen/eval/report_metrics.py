@@ -16,7 +16,6 @@ Features come from :mod:`capsgen.eval.evaluator` (a capsgen classifier, not Ince
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np

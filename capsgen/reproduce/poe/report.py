@@ -237,7 +237,7 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], env: dict[
          "and adds it back after U (not in the paper) and trains U by the Gaussian (delta) rule, because "
          "section 4.1's rule has no fixed point once the decoded capsules pass length 1 "
          "(capsgen.nn.contrastive.decoder_cd_delta).", "",
-         f"## Errors per stage (test split)", "", *error_rows(s, st),
+         "## Errors per stage (test split)", "", *error_rows(s, st),
          "The capsule errors are mean_b Σ_i ||x_i − x̂_i||² / I in the visible capsules; predicting every capsule "
          "by its training mean scores the baseline column. The code resultant is, per capsule, the length of "
          "the mean unit code direction over the test images (1: every image gives the same direction).", ""]
