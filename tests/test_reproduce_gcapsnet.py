@@ -171,7 +171,10 @@ def test_every_model_and_attack_with_two_gan_epochs(tmp_path):
     trained = {k.split("/")[1] for k in st if k.startswith("train/")}
     assert trained == set(MODEL_NAMES) - {"multilayer"}
     assert {"table3/epoch1", "table3/epoch2"} <= set(st) and st["table3/epoch2"]["epochs_done"] == 2
-    assert {f"attack/{m}/{a}" for m in ("baseline", "fc", "conv") for a in ("fgsm", "uap")} <= set(st)
+    attacked = {f"attack/{m}/{a}" for m in ("baseline", "capsnet", "fc", "conv") for a in ("fgsm", "pgd", "uap")}
+    assert attacked <= set(st)
+    assert len({st[k]["n"] for k in attacked}) == 1           # every model meets the same images
     md = (out / "report.md").read_text()
     assert "| capsnet |" in md and "| conv-recon |" in md and "uap, white-box" in md
+    assert "| capsnet | pgd, white-box |" in md and "White-box PGD (not in Chen et al." in md
     assert "Table 3: the FC G-CapsNet errs less than the baseline" in md

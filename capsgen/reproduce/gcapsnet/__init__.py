@@ -12,7 +12,7 @@ from capsgen.reproduce.args import name_list, seed_list
 from capsgen.reproduce.gcapsnet.spec import ATTACKS, MODEL_NAMES, SCALES
 
 DESCRIPTION = ("G-CapsNets (Chen et al.): test error vs parameters over seeds (CNN, CapsNet, FC/conv/multi-layer "
-               "G-CapsNets), error on AC-GAN images per GAN epoch, FGSM and universal-perturbation attacks")
+               "G-CapsNets), error on AC-GAN images per GAN epoch, FGSM, PGD and universal-perturbation attacks")
 
 
 
@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
                    "(default: --budget)")
     p.add_argument("--gan-family", default="acgan", help="table 3: a class-conditional family (default acgan)")
     p.add_argument("--per-class", type=int, default=400, help="table 3: images per class after each GAN epoch")
-    p.add_argument("--attacks", type=name_list(ATTACKS, allow_none=True), default=ATTACKS, metavar="fgsm,uap",
-                   help="attacks on the seed-0 baseline, FC and conv G-CapsNets (none = skip)")
+    p.add_argument("--attacks", type=name_list(ATTACKS, allow_none=True), default=ATTACKS, metavar="fgsm,pgd,uap",
+                   help="attacks on the seed-0 baseline, CapsNet, FC and conv G-CapsNets (none = skip)")
     p.add_argument("--attack-n", type=int, default=1000, help="test images attacked")
     p.add_argument("--uap-iters", type=int, default=300, help="iterations of the universal-perturbation generator")
     p.add_argument("--substitute-steps", type=int, default=2000, help="black-box FGSM: LeNet substitute steps")

@@ -12,8 +12,9 @@ also inside an interrupted training run):
    capability) and the error of the baseline, FC and conv G-CapsNets of every seed on them
    (table 3).
 3. ``attack/<model>/<method>``: :func:`capsgen.eval.attack_runs.attack_run` on the seed-0
-   baseline, FC and conv G-CapsNets — black-box FGSM at 8/255 through a LeNet substitute (4.3)
-   and the white-box universal perturbation generator (supplementary 6.2).
+   baseline, CapsNet, FC and conv G-CapsNets, all on the same test images — black-box FGSM at
+   8/255 through a LeNet substitute (4.3), white-box PGD, and the white-box universal
+   perturbation generator (supplementary 6.2).
 4. report.md / report.html (report.py).
 """
 from __future__ import annotations
@@ -201,7 +202,8 @@ def attack(s: Settings, name: str, method: str, run_dir: Path, folder: Path) -> 
     if out.exists():     # left by an interrupted attempt of this very stage: ours to replace
         shutil.rmtree(out)
     out.parent.mkdir(exist_ok=True)
-    kw: dict[str, Any] = {"iters": s.uap_iters} if method == "uap" else {"substitute_steps": s.substitute_steps}
+    kw: dict[str, Any] = ({"iters": s.uap_iters} if method == "uap" else
+                          {"substitute_steps": s.substitute_steps} if method == "fgsm" else {})
     res = attack_run(run_dir, method, n=s.attack_n, out=out, seed=s.seeds[0], which="last",
                      data_dir=s.data_dir, **kw)
     res["files"] = {k: f"attacks/{out.name}/{k}" for k in res["files"]}     # relative to the report

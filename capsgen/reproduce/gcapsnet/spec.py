@@ -73,9 +73,11 @@ MODELS: tuple[ModelSpec, ...] = (
 )
 MODEL_NAMES = tuple(m.name for m in MODELS)
 # The classifiers Chen et al. test on AC-GAN digits (table 3) and attack (4.3, supplementary 6.2).
+# The attacks also take CapsNet, so dynamic and trainable routing meet the same perturbed images,
+# and white-box PGD beside Chen et al.'s two attacks (neither is in the paper; the report says so).
 TABLE3_MODELS = ("baseline", "fc", "conv")
-ATTACK_MODELS = ("baseline", "fc", "conv")
-ATTACKS = ("fgsm", "uap")
+ATTACK_MODELS = ("baseline", "capsnet", "fc", "conv")
+ATTACKS = ("fgsm", "pgd", "uap")
 SCALES = ("cpu", "paper")
 
 # Chen et al., table 2: test error (%) mean and sd, and parameter counts, "MNIST / CIFAR10".
