@@ -265,3 +265,37 @@ def test_interpolation_ends_are_the_two_encodings():
     assert torch.allclose(path[:, 0], task.reconstruct(a), atol=1e-6)
     assert torch.allclose(path[:, -1], task.reconstruct(b), atol=1e-6)
     assert task.interpolate(3, 5, torch.Generator().manual_seed(0)).shape == (15, 1, 8, 8)
+
+
+def test_alpha_pixels_scales_the_reconstruction_term_to_the_image_size():
+    batch = Batch(torch.rand(4, 3, 8, 8), None, torch.randint(0, 2, (4, 3)).float())
+    ctx = lambda: StepContext(0, 0.0, 1, torch.Generator().manual_seed(0), 4, slice(0, 4))  # noqa: E731
+    plain, scaled = tiny_task("attributes", alpha=0.5), tiny_task("attributes", alpha=0.5, alpha_pixels=3 * 16 * 16)
+    assert plain.recon_scale == 1.0 and scaled.recon_scale == 4.0          # 16x16x3 = 4 x 8x8x3
+    a, b = plain.train_step(batch, ctx()), scaled.train_step(batch, ctx())
+    assert a["recon"] == pytest.approx(b["recon"]) and a["kl_margin"] == pytest.approx(b["kl_margin"])
+    # loss = L_c + alpha * scale * L_rec (no discriminator here)
+    assert a["loss"] == pytest.approx(a["kl_margin"] + 0.5 * a["recon"], rel=1e-5)
+    assert b["loss"] == pytest.approx(b["kl_margin"] + 0.5 * 4.0 * b["recon"], rel=1e-5)
+    assert "model.alpha_pixels=196608" in VCapsConfig.PRESETS["huang-celeba"]
+
+
+def test_presence_vectors_shift_only_the_active_capsules_and_learn():
+    off, on = tiny_task("attributes"), tiny_task("attributes", presence_vectors=True)
+    assert off.ae.presence is None and on.ae.presence.shape == (3, 2, 3)
+    assert 0.5 < on.ae.presence.std() < 2                    # the prior's scale, so it shows from step 0
+    with torch.no_grad():
+        on.ae.presence.copy_(torch.arange(18.0).view(3, 2, 3) + 1)
+    c = torch.randn(2, 3, 2, 3)
+    mask = on.sample_masks(torch.tensor([[1, 0, 1], [0, 1, 1]]))
+    got = on.ae.masked(c, mask)
+    for b in range(2):                                      # loop reference: mask * (c + e)
+        for a in range(3):
+            for s in range(2):
+                want = (c[b, a, s] + on.ae.presence[a, s]) if mask[b, a, s] else torch.zeros(3)
+                assert torch.allclose(got[b, a, s], want)
+    batch = Batch(torch.rand(4, 3, 8, 8), None, torch.randint(0, 2, (4, 3)).float())
+    before = on.ae.presence.detach().clone()
+    on.train_step(batch, StepContext(0, 0.0, 1, torch.Generator().manual_seed(0), 4, slice(0, 4)))
+    assert not torch.equal(before, on.ae.presence)         # it is a trained parameter of the autoencoder
+    assert "presence" in dict(on.modules["autoencoder"].named_parameters())

@@ -9,7 +9,8 @@ vectors [B, A] in attribute mode):
 3. with ``beta > 0``: draw prior capsules z ~ N(0, I) masked by T (§3.3, the generation path
    that eq. 5's G(z) names), decode them, and update the LSGAN discriminator on x vs G(z)
    (the second optimizer), then score G(z) with the updated discriminator for the generator;
-4. update encoder + decoder on eq. 6: L_c (KL margin loss, eq. 3) + alpha L_rec + beta L_adv.
+4. update encoder + decoder on eq. 6: L_c (KL margin loss, eq. 3) + alpha L_rec + beta L_adv
+   (L_rec scaled by ``alpha_pixels`` / (C H W) when that is set).
 
 eps and z come from ``ctx.generator`` for the GLOBAL batch, sliced by ``ctx.rank_slice``, so a
 torchrun run and a resumed run draw exactly what a one-process, uninterrupted run draws. The
@@ -33,6 +34,7 @@ the encodings of two test images as the paper's figure 7 does.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -42,7 +44,7 @@ import torch
 from capsgen.data.batch import Batch
 from capsgen.models.vcaps.config import VCapsConfig
 from capsgen.models.vcaps.nets import build_networks, capsule_layout
-from capsgen.nn.variational import (capsule_kl, kl_margin_loss, lsgan_d_loss, lsgan_g_loss, mask_capsules,
+from capsgen.nn.variational import (capsule_kl, kl_margin_loss, lsgan_d_loss, lsgan_g_loss,
                                     min_kl_mask, predict_from_kl, reconstruction_loss, target_mask,
                                     training_mask)
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
@@ -110,6 +112,8 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         if self.mode == "attributes":
             self.bank = AttributeBank(info.num_attributes).to(self.device)
             self.modules["attribute_bank"] = self.bank
+        # alpha_pixels: the weight alpha was chosen for images of that many values (see the config)
+        self.recon_scale = 1.0 if cfg.alpha_pixels is None else cfg.alpha_pixels / math.prod(info.shape)
         self.best_metric = "test_error" if self.mode == "class" else "attribute_error"
         self.best_mode = "min"
         # the fixed capsules and targets of the progress grids (never the global RNG)
@@ -157,15 +161,15 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         mu, logvar = self.ae.encoder(x)
         kl = capsule_kl(mu.float(), logvar.float())                               # [B, *caps]
         mask = training_mask(kl, t, cfg.train_mask)
-        caps = mask_capsules(mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar), mask)
+        caps = self.ae.masked(mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar), mask)
         recon = self.ae.decoder(caps)
         l_c = kl_margin_loss(kl, t, cfg.kl_margin, cfg.kl_lambda)
         l_rec = self._recon_loss(recon, x)
-        loss = l_c + cfg.alpha * l_rec
+        loss = l_c + cfg.alpha * self.recon_scale * l_rec
         out: dict[str, float] = {}
         if self.D is not None:
             # generation path of eq. 5: prior capsules masked by the batch's own targets
-            fake = self.ae.decoder(mask_capsules(z.to(mu.dtype), target_mask(t, kl.shape, mu.dtype)))
+            fake = self.ae.decoder(self.ae.masked(z.to(mu.dtype), target_mask(t, kl.shape, mu.dtype)))
             d_loss = lsgan_d_loss(self.D(x), self.D(fake.detach()))
             out["d_loss"] = d_loss.item()
             out["d_grad_norm"] = self.optimizer_step("discriminator", d_loss)
@@ -219,7 +223,7 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions [N, C, H, W] from the means of the predicted (least-KL) capsules."""
         mu, _, kl = self.encode(images)
-        return self.decode(mask_capsules(mu, min_kl_mask(kl)))
+        return self.decode(self.ae.masked(mu, min_kl_mask(kl)))
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
         """-KL of every class capsule [B, K] (higher = more likely; argmax = least KL) for images on
@@ -251,7 +255,7 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
             out["attribute_accuracy"] = acc.mean().item()
             out["attribute_error"] = 1.0 - out["attribute_accuracy"]
             out["worst_attribute_accuracy"] = acc.min().item()
-        recon = self.decode(mask_capsules(mu, min_kl_mask(kl)))
+        recon = self.decode(self.ae.masked(mu, min_kl_mask(kl)))
         out["recon_error"] = 0.5 * (recon - b.images).pow(2).flatten(1).sum(1).mean().item()
         m = min_kl_mask(kl)
         out["kl_predicted"] = ((kl * m).sum() / m.sum()).item()   # mean KL of a predicted capsule
@@ -274,7 +278,7 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         """One image per target (class or attribute row): prior capsules through its mask (§3.3)."""
         mask = self.sample_masks(torch.as_tensor(targets).cpu())
         z = torch.randn(*mask.shape, self.config.caps_dim, generator=generator)
-        return self.decode(mask_capsules(z, mask))
+        return self.decode(self.ae.masked(z, mask))
 
     def random_targets(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n uniform classes [n], or n attribute vectors [n, A] from the attribute bank."""
@@ -309,21 +313,21 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         ends = []
         for _ in range(2):
             mask = self.sample_masks(self.random_targets(rows, generator))
-            ends.append(mask_capsules(torch.randn(*mask.shape, self.config.caps_dim, generator=generator), mask))
+            ends.append(self.ae.masked(torch.randn(*mask.shape, self.config.caps_dim, generator=generator), mask))
         return self.decode(self.lerp_rows(ends[0], ends[1], cols))
 
     def interpolate_images(self, a: torch.Tensor, b: torch.Tensor, cols: int) -> torch.Tensor:
         """Paper figure 7: rows between the encodings of images a[r] and b[r] [R, C, H, W] —
         each image's masked mean capsules (least-KL mask), interpolated linearly."""
         mu, _, kl = self.encode(torch.cat([a, b]))
-        caps = mask_capsules(mu, min_kl_mask(kl))
+        caps = self.ae.masked(mu, min_kl_mask(kl))
         return self.decode(self.lerp_rows(caps[: len(a)], caps[len(a):], cols))
 
     def swap_attributes(self, a: torch.Tensor, b: torch.Tensor, count: int) -> torch.Tensor:
         """For each pair (a[r], b[r]): a's reconstruction with the capsule pair of attribute j taken
         from b (mask and mean), j = 0..count-1 -> [R, count, C, H, W]."""
         mu, _, kl = self.encode(torch.cat([a, b]))
-        caps = mask_capsules(mu, min_kl_mask(kl))
+        caps = self.ae.masked(mu, min_kl_mask(kl))
         ca, cb = caps[: len(a)], caps[len(a):]
         out = ca.unsqueeze(1).repeat(1, count, *([1] * (ca.dim() - 1)))   # [R, count, A, 2, D]
         j = torch.arange(count)
@@ -333,7 +337,7 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
     # ------------------------------------------------------------------------------ pictures
     def fixed_grid(self) -> torch.Tensor:
         """The fixed prior capsules through the fixed targets: [n_fixed, C, H, W]."""
-        return self.decode(mask_capsules(self.fixed_caps, self.sample_masks(self.fixed_targets)))
+        return self.decode(self.ae.masked(self.fixed_caps, self.sample_masks(self.fixed_targets)))
 
     def after_step(self, step: int, run: Any, writer: Any = None) -> None:
         every = self.config.sample_every
@@ -365,7 +369,7 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
                 targets.append(t.expand(per_side, -1))
                 noise.append(z)
         mask = self.sample_masks(torch.cat(targets))
-        return self.decode(mask_capsules(torch.cat(noise), mask))
+        return self.decode(self.ae.masked(torch.cat(noise), mask))
 
     def write_figures(self, out_dir: Path, batch: Batch) -> list[Path]:
         """reconstructions.png (test images over their reconstructions), samples.png (prior draws),

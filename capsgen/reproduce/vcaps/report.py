@@ -211,7 +211,16 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: d
           "on prior samples G(z), z masked by the real batch's targets.",
           "- The paper gives no margin m, λ, padding, optimiser for MNIST, or the multi-scale discriminator's layers; "
           "capsgen's choices (m = 16, λ = 0.5, 'same' padding, Adam, pix2pixHD-style patch discriminators) are "
-          "documented with their measurements in capsgen/models/vcaps/config.py.", "",
+          "documented with their measurements in capsgen/models/vcaps/config.py.",
+          *(["- α = 0.025 is the paper's weight for 256x256x3 faces; eq. 4 sums over pixels, so capsgen scales the "
+             "reconstruction term by 196,608 / (C H W) (`model.alpha_pixels`) to keep that balance at this image size. "
+             "Unscaled, the active capsules collapsed onto the prior and every reconstruction was the mean image."]
+            if s.attributes else []),
+          *(["- Attribute mode at `--scale cpu` adds a learned presence vector to each active capsule "
+             "(`model.presence_vectors`, not in the paper): with zero-mean prior draws in either capsule of a pair, "
+             "the decoder ignored which one the mask chose and samples ignored the requested attributes "
+             "(`--set model.presence_vectors=false` gives the paper's model)."]
+            if s.attributes and s.scale == "cpu" else []), "",
           "## Timing", "", f"- this invocation: {env['this_invocation_seconds']:g} s",
           "- stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in results.get("timing", {}).items()), "",
           "## One piece at a time", "", "```"]
