@@ -91,6 +91,9 @@ def test_attribute_data_reports_per_attribute_accuracy_and_fidelity(tmp_path, ca
     assert "all attributes at once" in md and st["evaluators"]["attributes"]["accuracy"] > 0.8
     cfg = json.loads((out / "runs" / "vcaps-s0" / "config.json").read_text())["model"]
     assert (cfg["mode"], cfg["alpha"], cfg["beta"], cfg["lr"]) == ("attributes", 0.025, 10.0, 2e-4)   # the paper's
+    # ... with alpha meant for 256x256x3 images, and presence vectors, each named as a deviation
+    assert cfg["alpha_pixels"] == 256 * 256 * 3 and cfg["presence_vectors"] is True
+    assert "`model.alpha_pixels`" in md and "`model.presence_vectors`, not in the paper" in md
     for png in ("vcaps_attribute_grid.png", "vcaps_attribute_swap.png"):
         assert (out / "figures" / png).stat().st_size > 0
 
