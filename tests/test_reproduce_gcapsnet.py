@@ -178,3 +178,15 @@ def test_every_model_and_attack_with_two_gan_epochs(tmp_path):
     assert "| capsnet |" in md and "| conv-recon |" in md and "uap, white-box" in md
     assert "| capsnet | pgd, white-box |" in md and "White-box PGD (not in Chen et al." in md
     assert "Table 3: the FC G-CapsNet errs less than the baseline" in md
+
+
+def test_claims_call_a_difference_inside_the_seed_spread_not_resolved():
+    from capsgen.reproduce.gcapsnet.report import lower, verdict
+    assert lower([0.10, 0.11, 0.12], [0.14, 0.15, 0.16]) == "lower"
+    assert lower([0.14, 0.15, 0.16], [0.10, 0.11, 0.12]) == "higher"
+    assert lower([0.139, 0.140, 0.142], [0.135, 0.139, 0.144]) == "not resolved"     # overlapping ± sd
+    assert lower([0.10], [0.20]) == "not resolved"                                  # one seed: no spread
+    assert verdict(["lower", "lower"]) == "held"
+    assert verdict(["lower", "not resolved"]) == "not resolved"
+    assert verdict(["lower", "higher", "not resolved"]) == "did not hold"
+    assert verdict([]) == "not resolved"
