@@ -89,6 +89,7 @@ def test_attribute_data_reports_per_attribute_accuracy_and_fidelity(tmp_path, ca
     fid = st["conditional/vcaps/seed0"]["attributes"]
     assert fid["samples"] == 40 and 0 <= fid["all_equal"] <= fid["mean"] <= 1
     assert "all attributes at once" in md and st["evaluators"]["attributes"]["accuracy"] > 0.8
+    assert "**attribute-conditioned generation follows the requested attributes**" in md
     cfg = json.loads((out / "runs" / "vcaps-s0" / "config.json").read_text())["model"]
     assert (cfg["mode"], cfg["alpha"], cfg["beta"], cfg["lr"]) == ("attributes", 0.025, 10.0, 2e-4)   # the paper's
     # ... with alpha meant for 256x256x3 images, and presence vectors, each named as a deviation
