@@ -1,4 +1,5 @@
-"""What every experiment shares: progress lines, the report folder check, and results.json.
+"""What every experiment shares: progress lines, the report folder check, results.json, and the
+rule by which a difference over seeds counts (:func:`compare`).
 
 A reproduction keeps each finished stage's result in its folder's ``results.json`` (written
 atomically), so running the same command again continues where it stopped; a folder made with
@@ -7,9 +8,10 @@ other settings, or a folder capsgen did not make, is refused before any work.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from capsgen.errors import CapsgenError
 from capsgen.train.checkpoint import atomic_write_text
@@ -118,3 +120,33 @@ def write_report(folder: Path, title: str, md: str) -> Path:
     atomic_write_text(folder / "report.html", f"<!doctype html><html><head><meta charset='utf-8'><title>{title}"
                                               f"</title><style>{CSS}</style></head><body>{body}</body></html>")
     return path
+
+
+def mean_sd_n(xs: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample sd, n) of ``xs``; sd is nan for n < 2; mean is inf/nan if any value is."""
+    xs = [float(x) for x in xs]
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if not all(math.isfinite(x) for x in xs):
+        return (math.inf if all(not math.isnan(x) for x in xs) else math.nan), math.nan, n
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
+    return m, sd, n
+
+
+def compare(a: Sequence[float], b: Sequence[float], lower_is_better: bool = True) -> str:
+    """"a" or "b" (the better one, resolved), "spread" (inside mean ± sd), "one seed" or "not finite"."""
+    ma, sa, na = mean_sd_n(a)
+    mb, sb, nb = mean_sd_n(b)
+    if na < 2 or nb < 2:
+        return "one seed"
+    if not (math.isfinite(ma) and math.isfinite(mb)):
+        return "not finite"
+    if not lower_is_better:
+        ma, mb = -ma, -mb
+    if ma + sa < mb - sb:
+        return "a"
+    if mb + sb < ma - sa:
+        return "b"
+    return "spread"

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from capsgen.reproduce.common import md_table, write_report
+from capsgen.reproduce.common import compare, md_table, write_report
+from capsgen.reproduce.common import mean_sd_n as mean_sd
 from capsgen.reproduce.capsulegan.spec import (JAISWAL, KARMAKAR, PAPER_GAM, PAPER_KARMAKAR_STEPS, PAPER_SEMISUP,
                                                Settings, confounds, describe, deviations, train_command)
 
@@ -30,19 +31,6 @@ RULE = ("A difference counts only when the intervals mean ± sd over seeds do no
 
 
 # ------------------------------------------------------------------------------- statistics
-def mean_sd(xs: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, sample sd, n) of ``xs``; sd is nan for n < 2; mean is inf/nan if any value is."""
-    xs = [float(x) for x in xs]
-    n = len(xs)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if not all(math.isfinite(x) for x in xs):
-        return (math.inf if all(not math.isnan(x) for x in xs) else math.nan), math.nan, n
-    m = sum(xs) / n
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
-    return m, sd, n
-
-
 def pm(xs: Sequence[float], fmt: str = ".4f") -> str:
     """"mean ± sd" (or the single value, or "–")."""
     m, sd, n = mean_sd(xs)
@@ -51,23 +39,6 @@ def pm(xs: Sequence[float], fmt: str = ".4f") -> str:
     if not math.isfinite(m):
         return str(m)
     return f"{m:{fmt}}" if n == 1 or math.isnan(sd) else f"{m:{fmt}} ± {sd:{fmt}}"
-
-
-def compare(a: Sequence[float], b: Sequence[float], lower_is_better: bool = True) -> str:
-    """"a" or "b" (the better one, resolved), "spread" (inside mean ± sd), "one seed" or "not finite"."""
-    ma, sa, na = mean_sd(a)
-    mb, sb, nb = mean_sd(b)
-    if na < 2 or nb < 2:
-        return "one seed"
-    if not (math.isfinite(ma) and math.isfinite(mb)):
-        return "not finite"
-    if not lower_is_better:
-        ma, mb = -ma, -mb
-    if ma + sa < mb - sb:
-        return "a"
-    if mb + sb < ma - sa:
-        return "b"
-    return "spread"
 
 
 UNRESOLVED = {"spread": "not resolved (inside the seed spread)", "one seed": "not resolved (one seed: no spread)",

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capsgen.reproduce.common import md_table, write_report
+from capsgen.reproduce.common import compare, md_table, write_report
 from capsgen.reproduce.gcapsnet.spec import (ATTACK_MODELS, PAPER_FGSM_ACCURACY, PAPER_TABLE2, PAPER_TABLE3,
                                              TABLE3_MODELS, Settings)
 
@@ -100,15 +100,9 @@ def table3(s: Settings, st: dict[str, Any]) -> tuple[list[str], dict[int, dict[s
 
 def lower(errors: list[float], ref: list[float]) -> str:
     """"lower" / "higher" when the mean ± sd intervals of the two error lists do not overlap,
-    else "not resolved" (also with one seed on either side: no spread to judge by)."""
-    if len(errors) < 2 or len(ref) < 2:
-        return "not resolved"
-    (m, sd), (mr, sdr) = mean_sd(errors), mean_sd(ref)
-    if m + sd < mr - sdr:
-        return "lower"
-    if m - sd > mr + sdr:
-        return "higher"
-    return "not resolved"
+    else "not resolved" (also with one seed on either side: no spread to judge by) — the rule of
+    :func:`capsgen.reproduce.common.compare`."""
+    return {"a": "lower", "b": "higher"}.get(compare(errors, ref), "not resolved")
 
 
 def verdict(outcomes: list[str]) -> str:
