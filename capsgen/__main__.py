@@ -1,6 +1,4 @@
 """``python -m capsgen`` (and ``torchrun … -m capsgen``) is the ``capsgen`` command."""
-import sys
+from capsgen.cli import entry
 
-from capsgen.cli import main
-
-sys.exit(main())
+entry()
