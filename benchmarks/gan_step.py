@@ -30,6 +30,7 @@ Last line: capsule_d_vs_conv_ratio=R
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from typing import Callable
@@ -50,14 +51,19 @@ GENERATOR_FIELDS = ("latent_dim", "generator", "g_width", "g_norm", "g_channels"
 
 
 class ConvOnly(nn.Module):
-    """The capsule discriminator's conv + activation and primary-capsule conv, then mean -> linear."""
+    """The capsule discriminator's conv + activation (or its DCGAN trunk) and primary-capsule conv,
+    then mean -> linear."""
 
     def __init__(self, d: CapsuleDiscriminator):
         super().__init__()
-        c, p = d.conv, d.primary.conv
-        self.conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride)
-        self.act = type(d.act)(*([c.out_channels] if isinstance(d.act, nn.PReLU) else []))
-        self.conv2 = nn.Conv2d(p.in_channels, p.out_channels, p.kernel_size, p.stride)
+        p = d.primary.conv
+        if hasattr(d, "trunk"):            # TrunkCapsuleDiscriminator: a fresh copy of its conv body
+            self.conv, self.act = copy.deepcopy(d.trunk), nn.Identity()
+        else:
+            c = d.conv
+            self.conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride)
+            self.act = type(d.act)(*([c.out_channels] if isinstance(d.act, nn.PReLU) else []))
+        self.conv2 = nn.Conv2d(p.in_channels, p.out_channels, p.kernel_size, p.stride, p.padding)
         self.head = nn.Linear(p.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,10 @@ import torch
 
 from capsgen.config import apply_overrides
 from capsgen.models.gan.nets import (CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator,
-                                     KarmakarGenerator, halvings)
+                                     KarmakarGenerator, TrunkCapsuleDiscriminator, halvings)
 from capsgen.models.gan.config import CapsuleGANConfig, DCGANConfig
 from capsgen.models.gan.task import build_discriminator, build_generator
+from capsgen.nn import safe_norm
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
 
@@ -55,6 +56,42 @@ def test_paper000_conv_discriminator_has_five_conv_layers():
     d = DCGANDiscriminator((1, 28, 28), width=64, norm="none", extra_layers=2)
     assert count(d, torch.nn.Conv2d) == 5 and count(d, torch.nn.BatchNorm2d) == 0
     assert d(torch.randn(2, 1, 28, 28)).shape == (2, 1)
+
+
+def test_dcgan_discriminator_keeps_its_parameter_names():
+    """The trunk was factored out of DCGANDiscriminator: checkpoints written before still load."""
+    keys = list(DCGANDiscriminator((1, 28, 28), width=32).state_dict())
+    assert keys[:2] == ["net.0.weight", "net.0.bias"] and keys[-2:] == ["net.5.weight", "net.5.bias"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name,kind,k", [("trunk-caps", "logit", 1), ("trunk-caps2", "length", 2)])
+@pytest.mark.parametrize("routing", ["dynamic", "trainable"])
+def test_trunk_capsule_discriminator(shape, name, kind, k, routing):
+    """DCGAN's strided body, then primary capsules on its last map (same-size padding), routed
+    capsules and a head: equal to composing those parts by hand."""
+    torch.manual_seed(0)
+    cfg = CapsuleGANConfig(discriminator=name, d_primary_kernel=3, d_primary_stride=1, d_routing_kind=routing)
+    d = build_discriminator(cfg, shape)
+    assert isinstance(d, TrunkCapsuleDiscriminator) and d.kind == kind
+    n = halvings(*shape[1:])
+    side = shape[1] >> n
+    assert d.num_primary == cfg.d_primary_caps * side * side
+    assert count(d.trunk, torch.nn.Conv2d) == n and d.primary.conv.in_channels == cfg.d_width * 2 ** (n - 1)
+    d.eval()
+    x = torch.randn(3, *shape)
+    out = d(x)
+    assert out.shape == (3, k)
+    v = d.caps(d.primary(d.trunk(x)))
+    assert v.shape == (3, cfg.d_caps if name == "trunk-caps" else 2, cfg.d_caps_dim)
+    torch.testing.assert_close(out, d.head(v) if kind == "logit" else safe_norm(v), rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d.parameters() if p.requires_grad)
+
+
+def test_trunk_capsule_discriminator_refuses_an_unknown_head():
+    with pytest.raises(ValueError, match="unknown capsule head"):
+        TrunkCapsuleDiscriminator((1, 28, 28), head="softmax")
 
 
 def preset_config(cls, preset: str, *extra: str):

@@ -12,7 +12,7 @@ from capsgen.config import FamilyConfig, opt
 
 GENERATORS = ("dcgan", "karmakar")
 SCHEDULES = ("joint", "alternate")
-DISCRIMINATORS = ("conv", "caps-dense", "caps1", "caps2")
+DISCRIMINATORS = ("conv", "caps-dense", "caps1", "caps2", "trunk-caps", "trunk-caps2")
 OBJECTIVES = ("bce", "margin", "lsgan", "hinge")
 AUGMENTS = ("none", "translation", "cutout", "translation,cutout")
 ROUTINGS = ("dynamic", "trainable")   # capsgen.nn.trainable_routing.ROUTINGS (torch-free copy)
@@ -49,7 +49,8 @@ class GANConfig(FamilyConfig):
     g_norm: str = opt("batch", choices=("batch", "none"))             # dcgan: batch | none
     g_channels: tuple[int, ...] = opt((128, 64, 32, 3), min=1)   # karmakar: conv widths before the C-channel layer
     # discriminator: "conv" (DCGAN), "caps-dense" (Karmakar), "caps1" (Jaiswal et al. 2018, one capsule),
-    # "caps2" (two capsules, real and fake)
+    # "caps2" (two capsules, real and fake); "trunk-caps" / "trunk-caps2": DCGAN's strided conv body
+    # (d_width, d_norm, d_extra_layers) under primary capsules, then the dense / two-capsule head
     discriminator: str = opt("conv", choices=DISCRIMINATORS)
     d_width: int = opt(32, min=1)                 # conv: channels of the first layer (paper DCGAN: 64)
     d_norm: str = opt("batch", choices=("batch", "none"))             # conv: batch | none
@@ -152,7 +153,7 @@ class CapsuleGANConfig(GANConfig):
     objective: str = opt("margin", choices=OBJECTIVES)
     lr_d: float | None = opt(2e-5, gt=0)
 
-    DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("caps-dense", "caps1", "caps2")
+    DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("caps-dense", "caps1", "caps2", "trunk-caps", "trunk-caps2")
     PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
         "karmakar": ("model.preset=karmakar", *_KARMAKAR_TRAIN, *_KARMAKAR_D),
         "jaiswal": ("model.preset=jaiswal", *_DCGAN_G, "model.discriminator=caps1", *_JAISWAL_D,

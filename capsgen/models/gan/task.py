@@ -31,7 +31,7 @@ from capsgen.models.gan.config import GENERATORS, GANConfig
 from capsgen.models.gan.augment import diff_augment
 from capsgen.models.gan.losses import objective, p_real
 from capsgen.models.gan.nets import (CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator, KarmakarGenerator,
-                                     spectral_normed)
+                                     TrunkCapsuleDiscriminator, spectral_normed)
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import Discriminating, Generative
 from capsgen.train.distributed import SINGLE, Distributed
@@ -49,6 +49,12 @@ def build_discriminator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn
     cfg.validate()
     if cfg.discriminator == "conv":
         d: torch.nn.Module = DCGANDiscriminator(shape, cfg.d_width, cfg.d_norm, cfg.d_extra_layers)
+    elif cfg.discriminator.startswith("trunk-"):
+        head, out_caps = ("dense", cfg.d_caps) if cfg.discriminator == "trunk-caps" else ("length", 2)
+        d = TrunkCapsuleDiscriminator(shape, cfg.d_width, cfg.d_norm, cfg.d_extra_layers, cfg.d_primary_caps,
+                                      cfg.d_primary_dim, cfg.d_primary_kernel, cfg.d_primary_stride, out_caps,
+                                      cfg.d_caps_dim, cfg.d_routing, head, cfg.d_dense, cfg.d_grad_through_routing,
+                                      init_std=cfg.d_caps_init_std, routing=cfg.d_routing_kind)
     else:
         head, out_caps = {"caps-dense": ("dense", cfg.d_caps), "caps1": ("length", 1),
                           "caps2": ("length", 2)}[cfg.discriminator]
