@@ -282,3 +282,28 @@ def test_karmakar_presets_carry_the_papers_10000_iterations():
         assert tcfg.steps == 10000 and tcfg.batch_size == 16 and mcfg.schedule == "alternate"
         tcfg, _ = make_configs(family, [], preset="karmakar", data="digits", steps=50)
         assert tcfg.steps == 50                                # a --steps flag wins over the preset
+
+
+def test_every_lever_bundle_of_the_ablation_file_builds():
+    """benchmarks/capsulegan_levers.txt holds the measured rows of RESULTS.md's ablation: each
+    bundle must still be a valid config whose networks fit 28x28 and take one training step."""
+    import importlib.util
+    from pathlib import Path
+
+    from capsgen import runs
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("capsulegan_ablation", root / "benchmarks" / "capsulegan_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    levers = ablation.read_levers(str(root / "benchmarks" / "capsulegan_levers.txt"))
+    assert {"base", "dcgan", "tc-t1", "tc2-t1"} <= {name for name, _ in levers}
+    info = DataInfo("synthetic", (1, 28, 28), 10, None, 64)
+    images = torch.rand(8, 1, 28, 28)
+    for name, bundle in levers:
+        family, pairs = ablation.split_bundle(bundle, "capsulegan")
+        tcfg, mcfg = runs.make_configs(family, ["train.threads=1", *pairs], data="digits", batch_size=8)
+        task = runs.build_task(tcfg, mcfg, info, "cpu")
+        task.train_mode(True)
+        figures = task.train_step(Batch(images), StepContext(0, 0.0, 1, torch.Generator().manual_seed(0)))
+        assert all(torch.isfinite(torch.tensor(v)) for v in figures.values()), name
