@@ -216,7 +216,33 @@ def capsule_head(head: str, out_caps: int, out_dim: int, dense: int) -> nn.Modul
                          nn.Linear(dense, 1))
 
 
-class CapsuleDiscriminator(nn.Module):
+class _RoutedCapsuleOutput(nn.Module):
+    """What both capsule discriminators share after their primary capsules: ``num_primary``
+    capsules routed to ``out_caps`` capsules (``self.caps``), then the dense or length head."""
+
+    num_primary: int
+
+    def _routed_capsules(self, routing: str, primary_dim: int, out_caps: int, out_dim: int,
+                         routing_iterations: int, grad_through_routing: bool, squash: str,
+                         init_std: float, head: str, dense: int) -> None:
+        # One parent: c == 1 after any number of iterations, so one iteration is the same answer.
+        iters = 1 if out_caps == 1 else routing_iterations
+        self.caps = dense_capsules(routing, self.num_primary, primary_dim, out_caps, out_dim,
+                                   routing_iterations=iters, grad_through_iterations=grad_through_routing,
+                                   squash=squash, init_std=init_std)
+        self.head = capsule_head(head, out_caps, out_dim, dense)
+
+    def capsules(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> output capsules [B, out_caps, out_dim]; each discriminator builds its own."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> logits [B, 1] (dense head) or capsule lengths [B, out_caps]."""
+        v = self.capsules(x)
+        return self.head(v) if self.head is not None else safe_norm(v)
+
+
+class CapsuleDiscriminator(_RoutedCapsuleOutput):
     """CapsNet discriminator: images [B, C, H, W] in [-1, 1] -> [B, 1] logits or [B, K] lengths.
 
     conv (``conv_channels``, ``conv_kernel``, ``conv_stride``) + activation -> primary capsules
@@ -284,12 +310,8 @@ class CapsuleDiscriminator(nn.Module):
                                        primary_stride, squash=squash)
         self.num_primary = primary_caps * h * w
         self.spread_weight = nn.Parameter(torch.zeros(primary_caps * primary_dim)) if minibatch_std else None
-        # One parent: c == 1 after any number of iterations, so one iteration is the same answer.
-        iters = 1 if out_caps == 1 else routing_iterations
-        self.caps = dense_capsules(routing, self.num_primary, primary_dim, out_caps, out_dim,
-                                   routing_iterations=iters, grad_through_iterations=grad_through_routing,
-                                   squash=squash, init_std=init_std)
-        self.head = capsule_head(head, out_caps, out_dim, dense)
+        self._routed_capsules(routing, primary_dim, out_caps, out_dim, routing_iterations, grad_through_routing,
+                              squash, init_std, head, dense)
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""
@@ -299,13 +321,9 @@ class CapsuleDiscriminator(nn.Module):
             shift = minibatch_spread(y, self.minibatch_std)[:, None] * self.spread_weight   # [B, caps * dim]
         return self.caps(self.primary(y, shift))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> logits [B, 1] (dense head) or capsule lengths [B, out_caps]."""
-        v = self.capsules(x)
-        return self.head(v) if self.head is not None else safe_norm(v)
 
 
-class TrunkCapsuleDiscriminator(nn.Module):
+class TrunkCapsuleDiscriminator(_RoutedCapsuleOutput):
     """DCGAN's convolutional body, then capsules: images [B, C, H, W] -> [B, 1] logits or lengths.
 
     :func:`dcgan_trunk` (strided 4x4 convs, LeakyReLU, batch norm; 28x28 -> [2w, 7, 7]) ->
@@ -338,17 +356,10 @@ class TrunkCapsuleDiscriminator(nn.Module):
         self.primary = PrimaryCapsules(ch, primary_caps, primary_dim, primary_kernel, primary_stride, pad,
                                        squash=squash)
         self.num_primary = primary_caps * gh * gw
-        iters = 1 if out_caps == 1 else routing_iterations
-        self.caps = dense_capsules(routing, self.num_primary, primary_dim, out_caps, out_dim,
-                                   routing_iterations=iters, grad_through_iterations=grad_through_routing,
-                                   squash=squash, init_std=init_std)
-        self.head = capsule_head(head, out_caps, out_dim, dense)
+        self._routed_capsules(routing, primary_dim, out_caps, out_dim, routing_iterations, grad_through_routing,
+                              squash, init_std, head, dense)
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""
         return self.caps(self.primary(self.trunk(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> logits [B, 1] (dense head) or capsule lengths [B, out_caps]."""
-        v = self.capsules(x)
-        return self.head(v) if self.head is not None else safe_norm(v)
