@@ -251,6 +251,9 @@ def test_deviations_and_confounds_come_from_the_configs():
     caps, tcaps = cfg("capsulegan", "model.d_conv_channels=64", "model.lr_d=2e-5", steps=500)
     spec = spec_of("karmakar-capsulegan")
     assert deviations(paper, {"batch_size": 16, "steps": 10000}, paper, spec, "mnist") == []
+    # a run's config as read back from config.json (lists) against the in-memory preset (tuples)
+    assert deviations(json.loads(json.dumps(paper)), {"batch_size": 16, "steps": 10000}, paper, spec,
+                      "mnist") == []
     devs = deviations(caps, tcaps, paper, spec, "fashion-mnist")
     assert devs == ["data: fashion-mnist (paper: MNIST)", "model.d_conv_channels: 64 (paper: 256)",
                     "model.lr_d: 2e-05 (paper: 0.0002)", "training length: 500 steps (paper: 10,000 iterations)"]

@@ -204,8 +204,12 @@ MARGIN_ONLY = {"m_pos", "m_neg", "lam"}
 
 
 def effective(model: dict[str, Any]) -> dict[str, Any]:
-    """A model config with the values that take effect (lr_d None -> lr; unused fields dropped)."""
-    m = dict(model)
+    """A model config with the values that take effect (lr_d None -> lr; unused fields dropped).
+
+    Tuples become lists: a preset built in memory holds tuples, a run's config.json lists, and
+    the two must compare equal (``g_channels`` was once listed as a deviation from itself).
+    """
+    m = {k: list(v) if isinstance(v, tuple) else v for k, v in model.items()}
     if m.get("lr_d") is None:
         m["lr_d"] = m["lr"]
     unused = set(INFORMATIONAL)
