@@ -127,14 +127,14 @@ def _unlabelled_images(source: str | Path | np.ndarray, data: str | None, genera
 
 def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: tuple[int, ...] = SEMISUP_LABELLED,
             generated: int = SEMISUP_GENERATED, seed: int = 0, data_dir: str | None = None,
-            test_n: int | None = None, progress: bool = True, draw: str = "balanced",
+            test_n: int | None = None, progress: bool = True, draw: str = "random",
             device: str | None = "cpu") -> dict[str, Any]:
     """Label Spreading test error with n labelled real images + ``generated`` unlabelled ones.
 
     ``source`` is a generative run, a .npz of uint8 [N, H, W, C] samples, such an array (e.g.
     real images, for a reference row) or None for the "no unlabelled data" baseline. Each
-    labelled set is a seeded subset of the real training split, drawn ``draw="balanced"`` over
-    the classes or ``"random"`` (uniformly, as Jaiswal et al. do); the error is measured on the
+    labelled set is a seeded subset of the real training split, drawn ``draw="random"``
+    (uniformly, as Jaiswal et al. do; the default) or ``"balanced"`` over the classes; the error is measured on the
     first ``test_n`` real test images (default all). Returns ``{"rows": [{"labelled", "error",
     "seconds"}], ...}``.
     """
@@ -186,6 +186,7 @@ def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: 
 
 def format_semisup(res: dict[str, Any]) -> str:
     lines = [f"{res['data']}: {res['generated']} unlabelled images from {res['source'] or 'nowhere'}, "
+             f"labelled images drawn {res.get('labelled_draw', 'random')}, "
              f"error on {res['test_images']} real test images ({res['method']})", "",
              f"{'labelled':>9} {'error %':>8} {'seconds':>8}"]
     lines += [f"{r['labelled']:>9} {100 * r['error']:>8.2f} {r['seconds']:>8.1f}" for r in res["rows"]]

@@ -88,6 +88,26 @@ def test_semisup_from_run_and_file(two_runs, tmp_path, capsys):
     assert [r["error"] for r in res2["rows"]] == [r["error"] for r in res["rows"]]
 
 
+def test_semisup_labelled_draw_is_the_papers_random_by_default(two_runs, tmp_path, capsys):
+    """Jaiswal et al. draw the labelled images at random; --labelled-draw balanced is the option."""
+    caps, _ = two_runs
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(caps), "--n", "200", "--out", str(npz), "--seed", "0"]) == 0
+    capsys.readouterr()
+    errors = {}
+    for extra, draw in (([], "random"), (["--labelled-draw", "balanced"], "balanced")):
+        assert main(["semisup", str(npz), "--data", "digits", "--labelled", "20", "--generated", "200",
+                     "--test-n", "200", *extra]) == 0
+        out = capsys.readouterr().out
+        res = last_json(out)
+        assert res["labelled_draw"] == draw and f"labelled images drawn {draw}" in out
+        errors[draw] = res["rows"][0]["error"]
+    # 20 of digits at random with seed 0 are not 2 per class, so the two fits differ
+    assert errors["random"] != errors["balanced"]
+    assert main(["semisup", str(npz), "--data", "digits", "--labelled-draw", "stratified"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_semisup_real_unlabelled_data_helps_over_none():
     """Sanity of the protocol: real unlabelled digits must not hurt 30 labelled ones, and the
     labelled-only baseline at 30 labels is clearly worse than with 1000 labels."""

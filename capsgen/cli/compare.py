@@ -28,6 +28,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--labelled", type=labelled_counts, default=(100, 1000, 10000),
                    help="real labelled training images per row (default 100,1000,10000)")
     p.add_argument("--generated", type=int, default=50_000, help="generated unlabelled images (default 50000)")
+    p.add_argument("--labelled-draw", choices=("random", "balanced"), default="random",
+                   help="labelled images drawn uniformly at random (Jaiswal et al., default) or "
+                        "class-balanced")
     p.add_argument("--test-n", type=int, help="score on the first N real test images (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets and the latents")
     add_device(p, "cpu")
@@ -52,7 +55,7 @@ def cmd_semisup(args) -> int:
     if args.test_n is not None and args.test_n < 1:
         raise CapsgenError(f"--test-n must be positive, got {args.test_n}")
     res = semisup(args.source, args.data, args.labelled, args.generated, seed=args.seed,
-                  data_dir=args.data_dir, test_n=args.test_n, device=args.device)
+                  data_dir=args.data_dir, test_n=args.test_n, draw=args.labelled_draw, device=args.device)
     print(json.dumps(res))
     print(format_semisup(res))
     return 0

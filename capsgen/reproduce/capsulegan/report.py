@@ -501,8 +501,7 @@ def write_reports(folder: Path, s: Settings, results: dict[str, Any], figures: d
                     L.append(f"capsgen battle {ra['run']} {rb['run']} --n {s.n_battle} --tol {s.tol:g} "
                              f"--seed {s.seeds[0]}")
                     L.append(f"capsgen semisup {ra['run']} --labelled {','.join(map(str, s.labelled))} "
-                             f"--generated {s.generated} --seed {s.seeds[0]}"
-                             + ("  # capsgen semisup draws class-balanced subsets" if s.labelled_draw == "random" else ""))
+                             f"--generated {s.generated} --labelled-draw {s.labelled_draw} --seed {s.seeds[0]}")
     L += ["```", ""]
     md = "\n".join(L)
     return write_report(folder, f"CapsuleGAN reproduction – {s.data}", md)
