@@ -114,6 +114,20 @@ def test_karmakar_capsnet_discriminator_paper_size():
     assert isinstance(g, KarmakarGenerator) and g(torch.randn(2, 100)).shape == (2, 1, 28, 28)
 
 
+def test_trunk_hinge_preset_is_dcgans_body_under_trainable_capsules():
+    from capsgen.nn.trainable_routing import TrainableDenseCapsules
+
+    cfg = preset_config(CapsuleGANConfig, "trunk-hinge")
+    assert cfg.objective == "hinge" and cfg.lr_d == cfg.lr == 2e-4
+    assert "train.batch_size=32" in CapsuleGANConfig.PRESETS["trunk-hinge"]
+    d = build_discriminator(cfg, (1, 28, 28))
+    assert isinstance(d, TrunkCapsuleDiscriminator) and d.kind == "logit"
+    assert [m.out_channels for m in d.trunk if isinstance(m, torch.nn.Conv2d)] == [24, 48]
+    assert d.num_primary == 8 * 7 * 7 and d.primary.conv.kernel_size == (1, 1)
+    assert isinstance(d.caps, TrainableDenseCapsules)
+    assert d(torch.randn(2, 1, 28, 28)).shape == (2, 1)
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 @pytest.mark.parametrize("preset,k", [("jaiswal", 1), ("jaiswal-2caps", 2)])
 def test_jaiswal_capsnet_discriminator_paper_size(shape, preset, k):
