@@ -141,8 +141,10 @@ def main() -> None:
     caps = tasks["capsulegan"]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}, shape {shape}, "
           f"warmup {args.warmup}, repeats {args.repeats} (medians, interleaved)")
-    print(f"capsulegan D: {caps_cfg.discriminator}, {caps_cfg.objective}, conv {caps_cfg.d_conv_channels}x"
-          f"{caps_cfg.d_conv_kernel}, primary {caps_cfg.d_primary_caps}x{caps_cfg.d_primary_dim}-D "
+    body = (f"DCGAN trunk from {caps_cfg.d_width} channels" if caps_cfg.discriminator.startswith("trunk")
+            else f"conv {caps_cfg.d_conv_channels}x{caps_cfg.d_conv_kernel}")
+    print(f"capsulegan D: {caps_cfg.discriminator}, {caps_cfg.objective}, {body}, primary "
+          f"{caps_cfg.d_primary_caps}x{caps_cfg.d_primary_dim}-D kernel {caps_cfg.d_primary_kernel} "
           f"({caps.D.num_primary} capsules); G: {caps_cfg.generator} width {caps_cfg.g_width}"
           + (f"; settings: {' '.join(pairs)}" if pairs else ""))
 
