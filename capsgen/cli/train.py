@@ -10,7 +10,7 @@ from capsgen.errors import CapsgenError
 # The demo's capsule GAN (capsgen train capsulegan --preset trunk-hinge) and its length; the steps
 # are what fitted in about 3 minutes on this project's 2-core machine (RESULTS.md, `capsgen demo`).
 DEMO_PRESET = "trunk-hinge"
-DEMO_STEPS = 3000
+DEMO_STEPS = 5000
 
 def add_parsers(sub) -> None:
     from capsgen.cli import add_device
