@@ -186,7 +186,7 @@ def semisup(source: str | Path | np.ndarray | None, data: str | None, labelled: 
 
 def format_semisup(res: dict[str, Any]) -> str:
     lines = [f"{res['data']}: {res['generated']} unlabelled images from {res['source'] or 'nowhere'}, "
-             f"labelled images drawn {res.get('labelled_draw', 'random')}, "
+             f"labelled images drawn {res['labelled_draw']}, "
              f"error on {res['test_images']} real test images ({res['method']})", "",
              f"{'labelled':>9} {'error %':>8} {'seconds':>8}"]
     lines += [f"{r['labelled']:>9} {100 * r['error']:>8.2f} {r['seconds']:>8.1f}" for r in res["rows"]]

@@ -9,7 +9,7 @@ from capsgen.errors import CapsgenError
 def add_parsers(sub) -> None:
     from capsgen.cli import add_device
     from capsgen.data import dataset_names
-    from capsgen.reproduce.args import labelled_counts
+    from capsgen.reproduce.args import LABELLED_DRAWS, labelled_counts
 
     p = sub.add_parser("battle", help="GAM battle of two generative runs (Im et al.; Jaiswal et al. 2018 §5.3)")
     p.add_argument("run_a", metavar="RUN_A", help="model A (the paper puts the CapsuleGAN here)")
@@ -28,7 +28,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--labelled", type=labelled_counts, default=(100, 1000, 10000),
                    help="real labelled training images per row (default 100,1000,10000)")
     p.add_argument("--generated", type=int, default=50_000, help="generated unlabelled images (default 50000)")
-    p.add_argument("--labelled-draw", choices=("random", "balanced"), default="random",
+    p.add_argument("--labelled-draw", choices=LABELLED_DRAWS, default=LABELLED_DRAWS[0],
                    help="labelled images drawn uniformly at random (Jaiswal et al., default) or "
                         "class-balanced")
     p.add_argument("--test-n", type=int, help="score on the first N real test images (default all)")

@@ -12,6 +12,7 @@ from capsgen.errors import CapsgenError
 DEMO_PRESET = "trunk-hinge"
 DEMO_STEPS = 5000
 
+
 def add_parsers(sub) -> None:
     from capsgen.cli import add_device
     from capsgen.data import dataset_names

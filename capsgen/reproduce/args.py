@@ -15,6 +15,11 @@ def _ints(text: str, what: str, example: str) -> tuple[int, ...]:
     return values
 
 
+# How Label Spreading's labelled images are drawn (capsgen.eval.semisup.labelled_subset); the first,
+# Jaiswal et al.'s uniform draw, is the default of every command line that offers the choice.
+LABELLED_DRAWS = ("random", "balanced")
+
+
 def labelled_counts(text: str) -> tuple[int, ...]:
     """"100,1000,10000" -> positive counts."""
     counts = _ints(text, "counts", "100,1000,10000")

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from capsgen.errors import CapsgenError
-from capsgen.reproduce.args import labelled_counts, name_list, seed_list
+from capsgen.reproduce.args import LABELLED_DRAWS, labelled_counts, name_list, seed_list
 
 DESCRIPTION = ("Karmakar's DCGAN vs CapsuleGAN (quality along training) and Jaiswal et al. 2018's "
                "convolutional GAN vs CapsuleGAN (sample metrics, GAM battle, Label Spreading), "
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
     p.add_argument("--tol", type=float, default=0.05, help="GAM: |r - 1| <= tol counts as r ≈ 1")
     p.add_argument("--labelled", type=labelled_counts, default=(100, 1000, 10000),
                    help="semi-supervised: labelled real images per row")
-    p.add_argument("--labelled-draw", default="random", choices=("random", "balanced"),
+    p.add_argument("--labelled-draw", default=LABELLED_DRAWS[0], choices=LABELLED_DRAWS,
                    help="semi-supervised: labelled images drawn at random (Jaiswal et al., default) or "
                         "class-balanced")
     p.add_argument("--generated", type=int, default=50_000, help="semi-supervised: generated unlabelled images")
