@@ -19,10 +19,21 @@ Columns: steps reached, ms per step, FID / precision / recall / coverage of ``--
 against the real test images (capsgen evaluator features, not Inception; lower FID is better),
 and the final test D accuracy. Equal wall clock on a shared machine is noisy: the step counts
 say how much each lever got; compare rows from one invocation only.
+
+Every row is also kept in ``--out/rows.json`` (one entry per lever and minutes, written after each
+row, so an interrupted ablation keeps what it measured). Over seeds, run one invocation per
+``--seed`` (each its own ``--out``), then
+
+    python benchmarks/capsulegan_ablation.py --summarise OUT_SEED0 OUT_SEED1 OUT_SEED2 --reference dcgan
+
+prints mean ± sd per lever and minutes, each seed's values, and for every metric the verdict of
+``capsgen.reproduce.common.compare`` against the reference lever: "better"/"worse" only when the
+mean ± sd intervals do not overlap, else "not resolved".
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -57,7 +68,79 @@ def split_bundle(bundle: tuple[str, ...], family: str) -> tuple[str, list[str]]:
     return family, pairs
 
 
+METRICS = (("fid", True), ("precision", False), ("recall", False), ("coverage", False))   # (name, lower is better)
+
+
+def record_row(out: Path, row: dict) -> None:
+    """Put ``row`` into ``out/rows.json``, replacing an earlier row of the same lever and minutes."""
+    from capsgen.train.checkpoint import atomic_write_text
+
+    path = out / "rows.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    rows = [r for r in rows if (r["lever"], r["minutes"]) != (row["lever"], row["minutes"])] + [row]
+    atomic_write_text(path, json.dumps(rows, indent=1) + "\n", mode=0o644)
+
+
+def summarise(folders: list[str], reference: str) -> list[str]:
+    """Markdown lines: per minutes and lever, mean ± sd over the folders' seeds, and verdicts
+    against ``reference`` at the same minutes (see the module docstring)."""
+    from capsgen.errors import CapsgenError
+    from capsgen.reproduce.common import compare, mean_sd_n
+
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for folder in folders:
+        path = Path(folder) / "rows.json"
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CapsgenError(f"{path}: cannot read the ablation's rows ({exc}); run the ablation into "
+                               f"{folder} first") from None
+        for r in rows:
+            groups.setdefault((r["minutes"], r["lever"]), []).append(r)
+
+    def fmt(xs: list[float], digits: int) -> str:
+        m, sd, n = mean_sd_n(xs)
+        return f"{m:.{digits}f}" if n < 2 else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+    lines = []
+    for minutes in sorted({m for m, _ in groups}):
+        ref = groups.get((minutes, reference))
+        lines += ["", f"{minutes:g} minutes per run; verdicts against {reference!r} "
+                      f"({'no such row' if ref is None else f'{len(ref)} seed(s)'})", "",
+                  "| lever | seeds | steps | FID | precision | recall | coverage | verdicts |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (mins, lever), rs in sorted(groups.items()):
+            if mins != minutes:
+                continue
+            rs = sorted(rs, key=lambda r: r["seed"])
+            verdicts = []
+            if ref is not None and lever != reference:
+                for metric, lower in METRICS:
+                    v = compare([r[metric] for r in rs], [r[metric] for r in ref], lower_is_better=lower)
+                    verdicts.append(f"{metric} " + {"a": "better", "b": "worse", "spread": "not resolved"}.get(v, v))
+            lines.append(f"| {lever} | {','.join(str(r['seed']) for r in rs)} | {fmt([r['steps'] for r in rs], 0)} | "
+                         + " | ".join(fmt([r[m] for r in rs], 2 if m == "fid" else 3) for m, _ in METRICS)
+                         + f" | {'; '.join(verdicts) or '–'} |")
+            lines.append(f"| (per seed) | | {' / '.join(str(r['steps']) for r in rs)} | "
+                         + " | ".join(" / ".join(f"{r[m]:.{2 if m == 'fid' else 3}f}" for r in rs) for m, _ in METRICS)
+                         + " | |")
+    return lines
+
+
 def main() -> int:
+    if "--summarise" in sys.argv[1:]:
+        sp = argparse.ArgumentParser(description="mean ± sd over seeds of earlier ablations' rows.json")
+        sp.add_argument("--summarise", nargs="+", required=True, metavar="OUT", help="--out folders, one per seed")
+        sp.add_argument("--reference", default="dcgan", help="the lever every other is compared with")
+        sargs = sp.parse_args()
+        from capsgen.errors import CapsgenError
+
+        try:
+            print("\n".join(summarise(sargs.summarise, sargs.reference)))
+        except CapsgenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="mnist-5k")
     ap.add_argument("--data-dir")
@@ -134,6 +217,10 @@ def main() -> int:
                f"  {' '.join(pairs) or '(defaults)'}")
         rows.append(row)
         print(row, flush=True)
+        record_row(out, {"lever": name, "family": family, "minutes": args.minutes, "seed": args.seed,
+                         "data": args.data, "n": args.n, "steps": steps, "ms_per_step": 1000 * secs / max(steps, 1),
+                         "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
+                         "coverage": m["coverage"], "d_acc": final.get("d_acc"), "settings": pairs})
     print()
     print(head)
     print("\n".join(rows))

@@ -287,15 +287,12 @@ def test_karmakar_presets_carry_the_papers_10000_iterations():
 def test_every_lever_bundle_of_the_ablation_file_builds():
     """benchmarks/capsulegan_levers.txt holds the measured rows of RESULTS.md's ablation: each
     bundle must still be a valid config whose networks fit 28x28 and take one training step."""
-    import importlib.util
     from pathlib import Path
 
     from capsgen import runs
 
     root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("capsulegan_ablation", root / "benchmarks" / "capsulegan_ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = _ablation_module()
     levers = ablation.read_levers(str(root / "benchmarks" / "capsulegan_levers.txt"))
     assert {"base", "dcgan", "tc-t1", "tc2-t1"} <= {name for name, _ in levers}
     info = DataInfo("synthetic", (1, 28, 28), 10, None, 64)
@@ -307,3 +304,47 @@ def test_every_lever_bundle_of_the_ablation_file_builds():
         task.train_mode(True)
         figures = task.train_step(Batch(images), StepContext(0, 0.0, 1, torch.Generator().manual_seed(0)))
         assert all(torch.isfinite(torch.tensor(v)) for v in figures.values()), name
+
+
+def _ablation_module():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("capsulegan_ablation", root / "benchmarks" / "capsulegan_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    return ablation
+
+
+def test_ablation_rows_summarised_over_seeds(tmp_path):
+    """rows.json keeps one row per lever and minutes; the summary's verdicts follow the mean ± sd rule."""
+    import json
+
+    from capsgen.errors import CapsgenError
+
+    ablation = _ablation_module()
+
+    def row(lever, minutes, seed, fid, recall, steps=100):
+        return {"lever": lever, "family": "x", "minutes": minutes, "seed": seed, "steps": steps, "fid": fid,
+                "precision": 0.5, "recall": recall, "coverage": 0.3}
+
+    folders = []
+    for seed, (fid_ref, fid_caps, rec_ref, rec_caps) in enumerate([(30, 20, 0.40, 0.41), (31, 21, 0.30, 0.29),
+                                                                   (29, 22, 0.35, 0.36)]):
+        out = tmp_path / f"s{seed}"
+        out.mkdir()
+        ablation.record_row(out, row("dcgan", 10, seed, 99, 0.0))
+        ablation.record_row(out, row("dcgan", 10, seed, fid_ref, rec_ref))     # replaces the row above
+        ablation.record_row(out, row("caps", 10, seed, fid_caps, rec_caps))
+        ablation.record_row(out, row("caps", 30, seed, fid_caps - 5, rec_caps))
+        folders.append(str(out))
+    assert len(json.loads((tmp_path / "s0" / "rows.json").read_text())) == 3
+    text = "\n".join(ablation.summarise(folders, "dcgan"))
+    caps10 = next(line for line in text.splitlines() if line.startswith("| caps | 0,1,2 | 100 ± 0 | 21.00 ± 1.00"))
+    assert "fid better" in caps10 and "recall not resolved" in caps10 and "precision not resolved" in caps10
+    assert "| dcgan | 0,1,2 | 100 ± 0 | 30.00 ± 1.00 |" in text
+    assert "30 minutes per run; verdicts against 'dcgan' (no such row)" in text
+    assert "| (per seed) | | 100 / 100 / 100 | 20.00 / 21.00 / 22.00 |" in text
+    with pytest.raises(CapsgenError, match="run the ablation into"):
+        ablation.summarise([str(tmp_path / "missing")], "dcgan")
