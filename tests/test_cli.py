@@ -75,6 +75,7 @@ def test_demo_trains_a_capsule_gan_and_writes_samples_curves_and_report(tmp_path
     assert config["train"]["family"] == "capsulegan" and config["train"]["data"] == "mnist-5k"
     assert config["model"]["preset"] == "trunk-hinge" and config["model"]["discriminator"] == "trunk-caps"
     assert config["train"]["batch_size"] == 32
+    assert config["model"]["lr"] == config["model"]["lr_d"] == 4e-4
     figs = out / "figures"
     for png in ("samples.png", "gan_curves.png", "interpolation.png"):
         assert (figs / png).stat().st_size > 1000
