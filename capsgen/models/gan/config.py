@@ -165,7 +165,10 @@ class CapsuleGANConfig(GANConfig):
         # under 1x1 primary capsules (8 types x 8-D on the 7x7 map), 10 x 16-D capsules by
         # trainable routing, the dense head, hinge loss, equal learning rates, batch 32. Each
         # choice was one ablation row at 4 minutes: the trunk lifted recall from <= 0.04 to
-        # 0.12-0.20, equal rates and hinge cost nothing, width 24 and batch 32 bought steps.
+        # 0.12-0.20, equal rates and hinge cost nothing, width 24 and batch 32 bought steps. Against
+        # capsgen's DCGAN at equal wall clock over 3 seeds (RESULTS.md, "The trunk-hinge preset"):
+        # at 30 minutes FID 12.7 vs 17.1 and recall 0.62 vs 0.55, both resolved; at 10 minutes FID
+        # 24.4 vs 26.0 and recall 0.34 vs 0.40, neither resolved.
         "trunk-hinge": ("model.preset=trunk-hinge", "model.discriminator=trunk-caps", "model.d_width=24",
                         "model.d_primary_kernel=1", "model.d_primary_stride=1", "model.d_routing_kind=trainable",
                         "model.objective=hinge", "model.lr_d=2e-4", "train.batch_size=32"),
