@@ -68,7 +68,26 @@ def split_bundle(bundle: tuple[str, ...], family: str) -> tuple[str, list[str]]:
     return family, pairs
 
 
-METRICS = (("fid", True), ("precision", False), ("recall", False), ("coverage", False))   # (name, lower is better)
+# (name, lower is better, decimals shown)
+METRICS = (("fid", True, 2), ("precision", False, 3), ("recall", False, 3), ("coverage", False, 3))
+ROW_KEYS = ("lever", "minutes", "seed", "steps", *(m for m, _, _ in METRICS))
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an ablation's ``rows.json`` ([] if there is none), checked; CapsgenError if not."""
+    from capsgen.errors import CapsgenError
+
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CapsgenError(f"{path}: cannot read the ablation's rows ({exc}); move it away or pick another "
+                           "--out") from None
+    if not (isinstance(rows, list) and all(isinstance(r, dict) and all(k in r for k in ROW_KEYS) for r in rows)):
+        raise CapsgenError(f"{path} is not an ablation's rows (a list of rows with {', '.join(ROW_KEYS)}); "
+                           "move it away or pick another --out")
+    return rows
 
 
 def record_row(out: Path, row: dict) -> None:
@@ -76,8 +95,7 @@ def record_row(out: Path, row: dict) -> None:
     from capsgen.train.checkpoint import atomic_write_text
 
     path = out / "rows.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    rows = [r for r in rows if (r["lever"], r["minutes"]) != (row["lever"], row["minutes"])] + [row]
+    rows = [r for r in read_rows(path) if (r["lever"], r["minutes"]) != (row["lever"], row["minutes"])] + [row]
     atomic_write_text(path, json.dumps(rows, indent=1) + "\n", mode=0o644)
 
 
@@ -90,13 +108,14 @@ def summarise(folders: list[str], reference: str) -> list[str]:
     groups: dict[tuple[float, str], list[dict]] = {}
     for folder in folders:
         path = Path(folder) / "rows.json"
-        try:
-            rows = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CapsgenError(f"{path}: cannot read the ablation's rows ({exc}); run the ablation into "
-                               f"{folder} first") from None
-        for r in rows:
-            groups.setdefault((r["minutes"], r["lever"]), []).append(r)
+        if not path.is_file():
+            raise CapsgenError(f"{path} does not exist; run the ablation into {folder} first")
+        for r in read_rows(path):
+            group = groups.setdefault((r["minutes"], r["lever"]), [])
+            if any(g["seed"] == r["seed"] for g in group):
+                raise CapsgenError(f"{path}: lever {r['lever']!r} at {r['minutes']:g} minutes, seed {r['seed']}, "
+                                   "is in another of the folders too; give each seed's folder once")
+            group.append(r)
 
     def fmt(xs: list[float], digits: int) -> str:
         m, sd, n = mean_sd_n(xs)
@@ -115,15 +134,14 @@ def summarise(folders: list[str], reference: str) -> list[str]:
             rs = sorted(rs, key=lambda r: r["seed"])
             verdicts = []
             if ref is not None and lever != reference:
-                for metric, lower in METRICS:
+                for metric, lower, _ in METRICS:
                     v = compare([r[metric] for r in rs], [r[metric] for r in ref], lower_is_better=lower)
                     verdicts.append(f"{metric} " + {"a": "better", "b": "worse", "spread": "not resolved"}.get(v, v))
             lines.append(f"| {lever} | {','.join(str(r['seed']) for r in rs)} | {fmt([r['steps'] for r in rs], 0)} | "
-                         + " | ".join(fmt([r[m] for r in rs], 2 if m == "fid" else 3) for m, _ in METRICS)
+                         + " | ".join(fmt([r[m] for r in rs], d) for m, _, d in METRICS)
                          + f" | {'; '.join(verdicts) or '–'} |")
             lines.append(f"| (per seed) | | {' / '.join(str(r['steps']) for r in rs)} | "
-                         + " | ".join(" / ".join(f"{r[m]:.{2 if m == 'fid' else 3}f}" for r in rs) for m, _ in METRICS)
-                         + " | |")
+                         + " | ".join(" / ".join(f"{r[m]:.{d}f}" for r in rs) for m, _, d in METRICS) + " | |")
     return lines
 
 
@@ -193,6 +211,11 @@ def main() -> int:
     except CapsgenError as exc:
         print(f"error: {name}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    try:
+        read_rows(out / "rows.json")         # a damaged rows.json stops us now, not after the training
+    except CapsgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ev = get_evaluator(args.data, args.data_dir)
     print(f"torch {torch.__version__}, 1 thread; {args.data}, {args.minutes:g} min per lever, batch {args.batch_size}, "
           f"seed {args.seed}; metrics of {args.n} samples on the capsgen evaluator ({100 * ev.accuracy:.2f}%)",
@@ -228,4 +251,17 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from capsgen.errors import CapsgenError
+    from capsgen.train.loop import Interrupted
+
+    # The loop turns a Ctrl-C into Interrupted after saving a checkpoint; a second Ctrl-C (or one
+    # outside training) is a KeyboardInterrupt. Either way the rows and runs made so far stay.
+    try:
+        sys.exit(main())
+    except (Interrupted, KeyboardInterrupt):
+        print("interrupted; every finished row is in rows.json, and the same command continues the runs",
+              file=sys.stderr)
+        sys.exit(130)
+    except CapsgenError as exc:      # e.g. a run folder that cannot be resumed
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

@@ -348,3 +348,13 @@ def test_ablation_rows_summarised_over_seeds(tmp_path):
     assert "| (per seed) | | 100 / 100 / 100 | 20.00 / 21.00 / 22.00 |" in text
     with pytest.raises(CapsgenError, match="run the ablation into"):
         ablation.summarise([str(tmp_path / "missing")], "dcgan")
+    with pytest.raises(CapsgenError, match="give each seed's folder once"):
+        ablation.summarise([folders[0], folders[0]], "dcgan")
+    for text in ("{not json", '{"lever": "x"}', '[{"lever": "x"}]'):
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / "rows.json").write_text(text)
+        with pytest.raises(CapsgenError, match="rows.json"):
+            ablation.summarise([str(tmp_path / "bad")], "dcgan")
+        with pytest.raises(CapsgenError, match="move it away"):         # nor is it written over
+            ablation.record_row(tmp_path / "bad", row("dcgan", 10, 0, 30, 0.4))
+        assert (tmp_path / "bad" / "rows.json").read_text() == text
