@@ -254,6 +254,28 @@ def test_spread_bias_equals_karras_constant_channel_into_the_primary_conv():
     assert d(x).shape == (8, 1)
 
 
+@pytest.mark.parametrize("discriminator", ["caps-dense", "caps1", "caps2", "trunk-caps", "trunk-caps2"])
+def test_every_capsule_discriminator_sees_the_minibatch_spread(discriminator):
+    """d_minibatch_std reaches every capsule discriminator: in eval mode (batch norm on running
+    statistics) an image's output then depends on the other images of its group, and without the
+    setting it does not. trunk-caps ignored the setting until 2026-12-07."""
+    torch.manual_seed(0)
+    cfg = CapsuleGANConfig(discriminator=discriminator, d_conv_channels=8, d_width=8, d_primary_kernel=1,
+                           d_primary_stride=1)
+    plain = build_discriminator(cfg, (1, 28, 28)).eval()
+    cfg.d_minibatch_std = 4
+    d = build_discriminator(cfg, (1, 28, 28)).eval()
+    assert d.spread_weight is not None and torch.all(d.spread_weight == 0)     # starts as without it
+    assert plain.spread_weight is None and "spread_weight" not in dict(plain.named_parameters())
+    with torch.no_grad():
+        d.spread_weight.fill_(3.0)
+    x = torch.randn(4, 1, 28, 28)
+    others = torch.cat([x[:1], torch.randn(3, 1, 28, 28)])       # image 0 kept, its group changed
+    with torch.no_grad():
+        assert not torch.allclose(d(x)[0], d(others)[0])
+        torch.testing.assert_close(plain(x)[0], plain(others)[0])
+
+
 def test_capsule_discriminator_with_minibatch_std_trains_and_resumes(tmp_path):
     d = build_discriminator(CapsuleGANConfig(d_conv_channels=8, d_minibatch_std=4), (1, 28, 28))
     assert d.spread_weight.shape == (8 * 8,) and torch.all(d.spread_weight == 0)   # starts as without

@@ -217,10 +217,25 @@ def capsule_head(head: str, out_caps: int, out_dim: int, dense: int) -> nn.Modul
 
 
 class _RoutedCapsuleOutput(nn.Module):
-    """What both capsule discriminators share after their primary capsules: ``num_primary``
-    capsules routed to ``out_caps`` capsules (``self.caps``), then the dense or length head."""
+    """What both capsule discriminators share around their primary capsules: the optional
+    minibatch spread added to the primary capsules' pre-activations, ``num_primary`` capsules
+    routed to ``out_caps`` capsules (``self.caps``), then the dense or length head."""
 
     num_primary: int
+    minibatch_std: int
+    spread_weight: nn.Parameter | None
+
+    def _minibatch_spread(self, minibatch_std: int, primary_channels: int) -> None:
+        """``minibatch_std`` > 0: one learnt weight per primary-capsule channel, starting at 0 (so the
+        discriminator starts as without it); 0: no parameter, the state dict is as before."""
+        self.minibatch_std = minibatch_std
+        self.spread_weight = nn.Parameter(torch.zeros(primary_channels)) if minibatch_std else None
+
+    def _spread_shift(self, y: torch.Tensor) -> torch.Tensor | None:
+        """features [B, C, H, W] under the primary capsules -> their shift [B, caps * dim], or None."""
+        if self.spread_weight is None:
+            return None
+        return minibatch_spread(y, self.minibatch_std)[:, None] * self.spread_weight
 
     def _routed_capsules(self, routing: str, primary_dim: int, out_caps: int, out_dim: int,
                          routing_iterations: int, grad_through_routing: bool, squash: str,
@@ -305,21 +320,17 @@ class CapsuleDiscriminator(_RoutedCapsuleOutput):
         self.kind = "logit" if head == "dense" else "length"
         self.conv = nn.Conv2d(C, conv_channels, conv_kernel, conv_stride)
         self.act = _activation(activation, conv_channels)
-        self.minibatch_std = minibatch_std
         self.primary = PrimaryCapsules(conv_channels, primary_caps, primary_dim, primary_kernel,
                                        primary_stride, squash=squash)
         self.num_primary = primary_caps * h * w
-        self.spread_weight = nn.Parameter(torch.zeros(primary_caps * primary_dim)) if minibatch_std else None
+        self._minibatch_spread(minibatch_std, primary_caps * primary_dim)
         self._routed_capsules(routing, primary_dim, out_caps, out_dim, routing_iterations, grad_through_routing,
                               squash, init_std, head, dense)
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""
         y = self.act(self.conv(x))
-        shift = None
-        if self.spread_weight is not None:
-            shift = minibatch_spread(y, self.minibatch_std)[:, None] * self.spread_weight   # [B, caps * dim]
-        return self.caps(self.primary(y, shift))
+        return self.caps(self.primary(y, self._spread_shift(y)))
 
 
 
@@ -337,6 +348,13 @@ class TrunkCapsuleDiscriminator(_RoutedCapsuleOutput):
     variant of it measured on Fashion-MNIST dropped modes (recall <= 0.04 against DCGAN's 0.25,
     RESULTS.md). Here the features the capsules are built from come from the same cheap strided
     body as DCGAN's discriminator, and the capsule layers replace only its last convolution.
+
+    ``minibatch_std`` > 0 adds :func:`minibatch_spread` of the trunk's output, times a learnt
+    weight per channel, to the primary capsules' pre-activations, as in
+    :class:`CapsuleDiscriminator` (exactly Karras et al.'s appended channel for 1x1 primary
+    kernels; with wider kernels the zero padding makes the border positions differ). Until
+    2026-12-07 this discriminator ignored the setting, so the "minibatch std" rows of the
+    trunk-caps ablation before then are trunk-hinge without it (RESULTS.md, round 8).
     """
 
     def __init__(self, shape: tuple[int, int, int], width: int = 32, norm: str = "batch",
@@ -344,7 +362,7 @@ class TrunkCapsuleDiscriminator(_RoutedCapsuleOutput):
                  primary_kernel: int = 3, primary_stride: int = 1, out_caps: int = 10,
                  out_dim: int = 16, routing_iterations: int = 3, head: str = "dense",
                  dense: int = 64, grad_through_routing: bool = True, squash: str = "sabour",
-                 init_std: float = 0.01, routing: str = "dynamic"):
+                 init_std: float = 0.01, routing: str = "dynamic", minibatch_std: int = 0):
         super().__init__()
         if head not in ("dense", "length"):
             raise ValueError(f"unknown capsule head {head!r}; choose dense or length")
@@ -356,10 +374,12 @@ class TrunkCapsuleDiscriminator(_RoutedCapsuleOutput):
         self.primary = PrimaryCapsules(ch, primary_caps, primary_dim, primary_kernel, primary_stride, pad,
                                        squash=squash)
         self.num_primary = primary_caps * gh * gw
+        self._minibatch_spread(minibatch_std, primary_caps * primary_dim)
         self._routed_capsules(routing, primary_dim, out_caps, out_dim, routing_iterations, grad_through_routing,
                               squash, init_std, head, dense)
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""
-        return self.caps(self.primary(self.trunk(x)))
+        y = self.trunk(x)
+        return self.caps(self.primary(y, self._spread_shift(y)))
 

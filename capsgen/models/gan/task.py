@@ -54,7 +54,8 @@ def build_discriminator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn
         d = TrunkCapsuleDiscriminator(shape, cfg.d_width, cfg.d_norm, cfg.d_extra_layers, cfg.d_primary_caps,
                                       cfg.d_primary_dim, cfg.d_primary_kernel, cfg.d_primary_stride, out_caps,
                                       cfg.d_caps_dim, cfg.d_routing, head, cfg.d_dense, cfg.d_grad_through_routing,
-                                      init_std=cfg.d_caps_init_std, routing=cfg.d_routing_kind)
+                                      init_std=cfg.d_caps_init_std, routing=cfg.d_routing_kind,
+                                      minibatch_std=cfg.d_minibatch_std)
     else:
         head, out_caps = {"caps-dense": ("dense", cfg.d_caps), "caps1": ("length", 1),
                           "caps2": ("length", 2)}[cfg.discriminator]
