@@ -118,7 +118,7 @@ def test_trunk_hinge_preset_is_dcgans_body_under_trainable_capsules():
     from capsgen.nn.trainable_routing import TrainableDenseCapsules
 
     cfg = preset_config(CapsuleGANConfig, "trunk-hinge")
-    assert cfg.objective == "hinge" and cfg.lr_d == cfg.lr == 2e-4
+    assert cfg.objective == "hinge" and cfg.lr_d == cfg.lr == 4e-4
     assert "train.batch_size=32" in CapsuleGANConfig.PRESETS["trunk-hinge"]
     d = build_discriminator(cfg, (1, 28, 28))
     assert isinstance(d, TrunkCapsuleDiscriminator) and d.kind == "logit"
