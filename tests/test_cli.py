@@ -75,7 +75,7 @@ def test_demo_trains_a_capsule_gan_and_writes_samples_curves_and_report(tmp_path
     assert config["train"]["family"] == "capsulegan" and config["train"]["data"] == "mnist-5k"
     assert config["model"]["preset"] == "trunk-hinge" and config["model"]["discriminator"] == "trunk-caps"
     assert config["train"]["batch_size"] == 32
-    assert config["model"]["lr"] == config["model"]["lr_d"] == 4e-4
+    assert config["model"]["lr"] == config["model"]["lr_d"] == 8e-4
     figs = out / "figures"
     for png in ("samples.png", "gan_curves.png", "interpolation.png"):
         assert (figs / png).stat().st_size > 1000
@@ -86,6 +86,38 @@ def test_demo_trains_a_capsule_gan_and_writes_samples_curves_and_report(tmp_path
         assert f"]({ref})" in report
     for figure in ("d_acc", "d_real", "d_fake"):   # the final discriminator figures
         assert f"| {figure} |" in report
+
+
+def test_demo_configs_take_extra_settings_last():
+    """benchmarks/demo_trials.py tries levers on the demo's own configuration: extras win over it."""
+    from capsgen.cli.train import DEMO_STEPS, demo_configs
+
+    tcfg, mcfg = demo_configs(DEMO_STEPS)
+    assert (tcfg.steps, tcfg.seed, tcfg.data, tcfg.eval_every, mcfg.sample_every) == (5000, 0, "mnist-5k", 833, 833)
+    tcfg, mcfg = demo_configs(600, ("model.lr=6e-4", "model.ema=0.99"), seed=3)
+    assert (tcfg.steps, tcfg.seed, tcfg.eval_every, mcfg.lr, mcfg.lr_d, mcfg.ema) == (600, 3, 100, 6e-4, 8e-4, 0.99)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--trial", "a", "model.lr=-1"], "model.lr = -1.0 must be > 0"),
+    (["--trial", "a", "--trial", "a"], "trial names must be distinct"),
+    (["--trial", "a", "model.nosuch=1"], "unknown --set key 'model.nosuch'"),
+    (["--trial", "a", "--steps", "0"], "--steps must be >= 1"),
+    (["--trial", "ok", "--trial", "made"], "exists: a trial is trained once"),
+])
+def test_demo_trials_refuse_bad_input_in_one_line_before_training(tmp_path, argv, expected):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "trials"
+    (out / "made-s0").mkdir(parents=True)
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "demo_trials.py"), "--out", str(out), *argv],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and expected in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["made-s0"]          # nothing trained or written
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
