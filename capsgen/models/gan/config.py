@@ -170,7 +170,8 @@ class CapsuleGANConfig(GANConfig):
         # capsgen's DCGAN at equal wall clock over 3 seeds (RESULTS.md, "The trunk-hinge preset"):
         # at 10 minutes FID 18.7 vs 27.3 and recall 0.49 vs 0.41, at 30 minutes FID 10.8 vs 17.4 and
         # recall 0.70 vs 0.55, all resolved (at 2e-4 the 10-minute recall was 0.34 vs 0.40, not
-        # resolved). A DCGAN given the same batch and rates did as well at 10 minutes (one seed).
+        # resolved). A DCGAN given the same batch and rates did as well at 10 minutes (FID 19.1, not
+        # resolved) with more recall (0.55, resolved); it has no 30-minute runs.
         "trunk-hinge": ("model.preset=trunk-hinge", "model.discriminator=trunk-caps", "model.d_width=24",
                         "model.d_primary_kernel=1", "model.d_primary_stride=1", "model.d_routing_kind=trainable",
                         "model.objective=hinge", "model.lr=4e-4", "model.lr_d=4e-4", "train.batch_size=32"),
