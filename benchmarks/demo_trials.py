@@ -47,6 +47,8 @@ def main() -> int:
     try:
         if steps < 1 or args.n < 2:
             raise CapsgenError(f"--steps must be >= 1 and --n >= 2 (got {steps}, {args.n})")
+        if out.exists() and not out.is_dir():
+            raise CapsgenError(f"--out {out} is a file, not a folder; pick another --out")
         names = [t[0] for t in args.trial]
         if len(set(names)) != len(names):
             raise CapsgenError(f"trial names must be distinct, got {', '.join(names)}")
@@ -82,7 +84,8 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (Interrupted, KeyboardInterrupt):
-        print("interrupted; finished trials are in trials.jsonl", file=sys.stderr)
+        print("interrupted; finished trials are in trials.jsonl (remove the unfinished trial's folder to "
+              "try it again)", file=sys.stderr)
         sys.exit(130)
     except CapsgenError as exc:      # e.g. a bad --set value found while training starts
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)

@@ -104,6 +104,7 @@ def test_demo_configs_take_extra_settings_last():
     (["--trial", "a", "model.nosuch=1"], "unknown --set key 'model.nosuch'"),
     (["--trial", "a", "--steps", "0"], "--steps must be >= 1"),
     (["--trial", "ok", "--trial", "made"], "exists: a trial is trained once"),
+    (["--trial", "a", "--out", "FILE"], "is a file, not a folder"),
 ])
 def test_demo_trials_refuse_bad_input_in_one_line_before_training(tmp_path, argv, expected):
     import subprocess
@@ -113,11 +114,14 @@ def test_demo_trials_refuse_bad_input_in_one_line_before_training(tmp_path, argv
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "trials"
     (out / "made-s0").mkdir(parents=True)
+    (tmp_path / "FILE").write_text("mine")
+    argv = [str(tmp_path / "FILE") if a == "FILE" else a for a in argv]
     r = subprocess.run([sys.executable, str(root / "benchmarks" / "demo_trials.py"), "--out", str(out), *argv],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and expected in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["made-s0"]          # nothing trained or written
+    assert (tmp_path / "FILE").read_text() == "mine"
 
 
 @pytest.mark.parametrize("wrapped", [False, True])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from capsgen.errors import CapsgenError
 
@@ -89,7 +90,7 @@ def _rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
-def demo_configs(steps: int, extra: tuple[str, ...] = (), seed: int = 0):
+def demo_configs(steps: int, extra: tuple[str, ...] = (), seed: int = 0) -> tuple[Any, Any]:
     """The demo's (TrainConfig, CapsuleGANConfig) for ``steps``, with ``extra`` --set pairs applied
     last (benchmarks/demo_trials.py tries levers on exactly this configuration)."""
     from capsgen import runs
