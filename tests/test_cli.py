@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,10 +111,6 @@ def test_demo_configs_take_extra_settings_last():
     (["--trial", "a", "--out", "FILE"], "is a file, not a folder"),
 ])
 def test_demo_trials_refuse_bad_input_in_one_line_before_training(tmp_path, argv, expected):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "trials"
     (out / "made-s0").mkdir(parents=True)
@@ -152,3 +152,23 @@ def test_other_errors_are_not_taken_for_interrupts(monkeypatch):
     monkeypatch.setattr(models_cli, "cmd_models", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["models"])
+
+
+def test_python_m_capsgen_exits_130_after_an_interrupt_inside_an_exec(tmp_path):
+    """A Ctrl-C that escapes an exec() of a string (dataclasses and namedtuple build methods that
+    way while torch imports) leaves CPython 3.11's sticky "unhandled KeyboardInterrupt" flag set,
+    and `python -m` then dies by SIGINT (-2) whatever capsgen returned. Here the interrupt is
+    caught and the command is interrupted: exit 130, one line."""
+    (tmp_path / "interrupted_in_exec.py").write_text(
+        "import sys\n"
+        "import capsgen.cli.models as models_cli\n"
+        "def interrupted(args):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "models_cli.cmd_models = interrupted\n"
+        "sys.argv = ['capsgen', 'models']\n"
+        "from capsgen.cli import entry\n"
+        "entry()\n")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "interrupted_in_exec"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 130 and r.stderr == "capsgen: interrupted\n"
