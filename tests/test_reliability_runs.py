@@ -274,7 +274,12 @@ def test_signal_at_random_moments_then_resume_is_bit_identical(tmp_path_factory,
     ref = _reference(tmp_path_factory, argv, f"ref-{family}")
     rng = random.Random(f"{family}-{sig}")
     interrupted = 0
-    for trial in range(3):
+    # A delay near the top of the range can land after training, while the run writes its figures,
+    # or after it has finished: two of three draws did in 1 of 9 repetitions here. So draw until
+    # three runs were interrupted, at most six.
+    for trial in range(6):
+        if interrupted == 3:
+            break
         run = tmp_path_factory.mktemp(f"{family}-{int(sig)}-{trial}") / "run"
         proc = start([*argv, "--out", str(run)])
         deadline = time.time() + 240
