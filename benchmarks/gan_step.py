@@ -47,7 +47,10 @@ from capsgen.models.gan.task import GANTask, build_discriminator
 from capsgen.data.batch import Batch
 from capsgen.train.task import DataInfo, StepContext
 
-GENERATOR_FIELDS = ("latent_dim", "generator", "g_width", "g_norm", "g_channels", "lr", "beta1", "beta2")
+GENERATOR_FIELDS = ("latent_dim", "generator", "g_width", "g_norm", "g_channels")
+# Adam's settings do not change a step's cost; the DCGAN takes the capsule side's, so a preset with its
+# own rates (trunk-hinge: 4e-4) is compared with the same generator trained the same way.
+OPTIMISER_FIELDS = ("lr", "lr_d", "beta1", "beta2")
 
 
 class ConvOnly(nn.Module):
@@ -129,6 +132,8 @@ def main() -> None:
     pairs = [p for p in [*preset_pairs("capsulegan", args.preset), *args.set] if not p.startswith("train.")]
     apply_overrides({"model": caps_cfg}, pairs)
     caps_cfg.validate()
+    for f in OPTIMISER_FIELDS:
+        setattr(dc_cfg, f, getattr(caps_cfg, f))
     diff = {f: (getattr(caps_cfg, f), getattr(dc_cfg, f)) for f in GENERATOR_FIELDS
             if getattr(caps_cfg, f) != getattr(dc_cfg, f)}
     if diff:
