@@ -98,6 +98,7 @@ def test_demo_configs_take_extra_settings_last():
 
     tcfg, mcfg = demo_configs(DEMO_STEPS)
     assert (tcfg.steps, tcfg.seed, tcfg.data, tcfg.eval_every, mcfg.sample_every) == (5000, 0, "mnist-5k", 833, 833)
+    assert (mcfg.lr, mcfg.lr_d, mcfg.d_minibatch_std) == (8e-4, 8e-4, 0)      # the demo's own, over the preset's
     tcfg, mcfg = demo_configs(600, ("model.lr=6e-4", "model.ema=0.99"), seed=3)
     assert (tcfg.steps, tcfg.seed, tcfg.eval_every, mcfg.lr, mcfg.lr_d, mcfg.ema) == (600, 3, 100, 6e-4, 8e-4, 0.99)
 

@@ -118,10 +118,10 @@ def test_trunk_hinge_preset_is_dcgans_body_under_trainable_capsules():
     from capsgen.nn.trainable_routing import TrainableDenseCapsules
 
     cfg = preset_config(CapsuleGANConfig, "trunk-hinge")
-    assert cfg.objective == "hinge" and cfg.lr_d == cfg.lr == 4e-4
+    assert cfg.objective == "hinge" and cfg.lr_d == cfg.lr == 4e-4 and cfg.d_minibatch_std == 4
     assert "train.batch_size=32" in CapsuleGANConfig.PRESETS["trunk-hinge"]
     d = build_discriminator(cfg, (1, 28, 28))
-    assert isinstance(d, TrunkCapsuleDiscriminator) and d.kind == "logit"
+    assert isinstance(d, TrunkCapsuleDiscriminator) and d.kind == "logit" and d.minibatch_std == 4
     assert [m.out_channels for m in d.trunk if isinstance(m, torch.nn.Conv2d)] == [24, 48]
     assert d.num_primary == 8 * 7 * 7 and d.primary.conv.kernel_size == (1, 1)
     assert isinstance(d.caps, TrainableDenseCapsules)
