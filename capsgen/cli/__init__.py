@@ -131,21 +131,24 @@ def _leave_process_group() -> None:
 def entry() -> None:
     """The ``capsgen`` executable and ``python -m capsgen``: run :func:`main`, exit with its code."""
     code = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        # A torchrun worker has left its process group in main() and written everything it owns.
-        # Interpreter teardown with gloo's threads still unwinding aborted about one worker run in
-        # ten here ("terminate called without an active exception", then a fatal GIL error while
-        # finalizing: 1 of 10 two-process PoE runs, and once in CI), so a worker skips teardown.
+    torchrun_worker = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    if torchrun_worker or code == 130:
+        # The process has written everything it owns: main() returned, so every `with` and
+        # `finally` on the way out has closed its files. Interpreter teardown is then skipped,
+        # because it has crashed in two cases here.
+        # - A torchrun worker's teardown, with gloo's threads still unwinding, aborted about one
+        #   run in ten ("terminate called without an active exception", then a fatal GIL error
+        #   while finalizing: 1 of 10 two-process PoE runs, and once in CI).
+        # - An interrupted run's teardown aborted too (SIGABRT, "PyThreadState_Get: the function
+        #   must be called with the GIL held" while finalizing: once in 4 repetitions of the
+        #   random-moment signal test, tests/test_reliability_runs.py).
+        #   Under `python -m capsgen` (tests, torchrun) it also died by SIGINT (-2, not 130) once
+        #   a Ctrl-C had escaped an exec() of a string: dataclasses and namedtuple run those while
+        #   torch imports, and CPython 3.11 keeps a sticky "unhandled KeyboardInterrupt" flag
+        #   that Py_RunMain acts on after teardown (once in CI).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    # `python -m capsgen` (tests, torchrun) exits by killing itself with SIGINT, whatever code main()
-    # returned, once a KeyboardInterrupt has escaped any exec()/eval() of a *string* (CPython 3.11
-    # sets a sticky "unhandled KeyboardInterrupt" flag there, even if the interrupt is then caught,
-    # and Py_RunMain acts on it after teardown). A Ctrl-C/SIGTERM landing inside the exec() that
-    # dataclasses and namedtuple run while torch imports did that: one line printed, exit -2
-    # instead of 130 (1 of 12 random-moment signals in CI). Evaluating a string resets the flag.
-    exec("None")
     sys.exit(code)
 
 
