@@ -44,23 +44,19 @@ def main() -> int:
     steps = DEMO_STEPS if args.steps is None else args.steps
     out = Path(args.out)
     plans = []
-    try:
-        if steps < 1 or args.n < 2:
-            raise CapsgenError(f"--steps must be >= 1 and --n >= 2 (got {steps}, {args.n})")
-        if out.exists() and not out.is_dir():
-            raise CapsgenError(f"--out {out} is a file, not a folder; pick another --out")
-        names = [t[0] for t in args.trial]
-        if len(set(names)) != len(names):
-            raise CapsgenError(f"trial names must be distinct, got {', '.join(names)}")
-        for name, *pairs in args.trial:          # every trial checked before any training
-            path = out / f"{name}-s{args.seed}"
-            if path.exists():
-                raise CapsgenError(f"{path} exists: a trial is trained once; remove it or pick another --out")
-            tcfg, mcfg = demo_configs(steps, ("train.threads=1", *pairs), seed=args.seed)
-            plans.append((name, pairs, path, tcfg, mcfg))
-    except CapsgenError as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+    if steps < 1 or args.n < 2:
+        raise CapsgenError(f"--steps must be >= 1 and --n >= 2 (got {steps}, {args.n})")
+    if out.exists() and not out.is_dir():
+        raise CapsgenError(f"--out {out} is a file, not a folder; pick another --out")
+    names = [t[0] for t in args.trial]
+    if len(set(names)) != len(names):
+        raise CapsgenError(f"trial names must be distinct, got {', '.join(names)}")
+    for name, *pairs in args.trial:          # every trial checked before any training
+        path = out / f"{name}-s{args.seed}"
+        if path.exists():
+            raise CapsgenError(f"{path} exists: a trial is trained once; remove it or pick another --out")
+        tcfg, mcfg = demo_configs(steps, ("train.threads=1", *pairs), seed=args.seed)
+        plans.append((name, pairs, path, tcfg, mcfg))
     out.mkdir(parents=True, exist_ok=True)
     log = out / "trials.jsonl"
     for name, pairs, path, tcfg, mcfg in plans:
@@ -87,6 +83,6 @@ if __name__ == "__main__":
         print("interrupted; finished trials are in trials.jsonl (remove the unfinished trial's folder to "
               "try it again)", file=sys.stderr)
         sys.exit(130)
-    except CapsgenError as exc:      # e.g. a bad --set value found while training starts
+    except CapsgenError as exc:      # bad input, refused before anything is written, or found as training starts
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
