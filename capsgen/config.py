@@ -32,9 +32,20 @@ class FamilyConfig:
     """Base of every family's config dataclass (torch-free, so ``capsgen models`` stays fast).
 
     ``PRESETS`` maps a preset name to ``--set`` pairs applied before the user's own.
+
+    ``twin`` (``capsgen train FAMILY --twin``) builds the family's matched non-capsule twin: the
+    same network, loss, data and budget with only the capsule part replaced, so that a comparison
+    measures the capsules and nothing else. ``TWIN`` says what the twin replaces the capsules with;
+    empty: the family has no capsule part and no twin (``twin=True`` is refused). ``CAPSULE_FIELDS``
+    are the fields only the capsule part reads: a twin ignores them, so setting one beside
+    ``--twin`` is refused as a conflict (:func:`twin_conflicts`).
     """
 
     PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {}
+    TWIN: ClassVar[str] = ""
+    CAPSULE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    twin: bool = False
 
     def validate(self) -> None:
         """Raise ValueError (one line) for combinations of values that cannot work."""
@@ -192,10 +203,23 @@ def check_config(cfg: Any, section: str = "") -> None:
             if "gt" in m and not v > m["gt"]:
                 raise ConfigError(f"{key} = {v!r} must be > {m['gt']:g}")
     if isinstance(cfg, FamilyConfig):
+        if cfg.twin and not type(cfg).TWIN:
+            raise ConfigError(f"{section + '.' if section else ''}twin: this model has no capsule part, so no "
+                              "twin (capsgen models lists the families that have one)")
         try:
             cfg.validate()
         except ValueError as exc:
             raise ConfigError(f"{section + ': ' if section else ''}{exc}") from None
+
+
+def twin_conflicts(cfg: FamilyConfig, user_keys: set[str]) -> None:
+    """Refuse (one line) a ``--set`` of a capsule-only field on a twin: the twin would ignore it."""
+    if not cfg.twin:
+        return
+    for name in type(cfg).CAPSULE_FIELDS:
+        if f"model.{name}" in user_keys or name in user_keys:
+            raise ConfigError(f"--set model.{name} conflicts with --twin: only the capsule part reads it, and "
+                              "the twin has none (capsgen models says what replaces it)")
 
 
 def to_dict(cfg: Any) -> dict:

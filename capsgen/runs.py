@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from capsgen import __version__
-from capsgen.config import TrainConfig, apply_overrides, check_config, fit_train_budget, from_dict, to_dict
+from capsgen.config import (TrainConfig, apply_overrides, check_config, fit_train_budget, from_dict, to_dict,
+                            twin_conflicts)
 from capsgen.data import ImageData, load_split
 from capsgen.data.batch import Batch
 from capsgen.errors import CapsgenError, ConfigError
@@ -100,6 +101,7 @@ def make_configs(family: str, pairs: list[str], preset: str | None = None,
     check_config(mcfg, "model")
     fit_train_budget(tcfg, mcfg)
     user_keys = {p.split("=", 1)[0].strip() for p in pairs}
+    twin_conflicts(mcfg, user_keys)
     for key, why in mcfg.ineffective().items():
         if key in user_keys or key.split(".", 1)[1] in user_keys:
             raise ConfigError(f"--set {key} cannot take effect: {why}")

@@ -14,7 +14,8 @@ def cmd_models(args) -> int:
     from capsgen.models import FAMILIES
 
     rows = [{"family": f.name, "capabilities": list(f.capabilities), "presets": f.presets,
-             "description": f.description + (f" ({f.paper})" if f.paper else "")} for f in FAMILIES.values()]
+             "description": f.description + (f" ({f.paper})" if f.paper else ""),
+             "twin": f.config_cls.TWIN or None} for f in FAMILIES.values()]
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -22,4 +23,6 @@ def cmd_models(args) -> int:
         print(f"{r['family']:<12} {r['description']}")
         print(f"{'':<12} can: {', '.join(r['capabilities']) or 'train only'}"
               + (f"; presets: {', '.join(r['presets'])}" if r["presets"] else ""))
+        if r["twin"]:
+            print(f"{'':<12} twin (--twin): {r['twin']}")
     return 0

@@ -43,6 +43,9 @@ def add_parsers(sub) -> None:
                    help="override a config field, e.g. --set model.routing_iterations=2")
     p.add_argument("--preset", help="named bundle of --set values of the model (see capsgen models), "
                    "applied before your own --set")
+    p.add_argument("--twin", action="store_true", help="train the model's matched non-capsule twin: the same "
+                   "network, loss, data and budget with the capsule part replaced (capsgen models says which "
+                   "families have one and what it is)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast around each step (default fp32)")
     add_device(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,7 +64,7 @@ def cmd_train(args) -> int:
     from capsgen import runs
 
     if args.resume:
-        extra = [n for n in ("model", "data", "data_dir", "batch_size", "seed", "out", "preset", "precision")
+        extra = [n for n in ("model", "data", "data_dir", "batch_size", "seed", "out", "preset", "precision", "twin")
                  if getattr(args, n)]
         if extra or args.set:
             raise CapsgenError("--resume continues a run with its own settings; only --steps/--epochs/--minutes/"
@@ -72,7 +75,16 @@ def cmd_train(args) -> int:
         if not args.model:
             raise CapsgenError("name a model to train (e.g. capsgen train capsnet --data fashion-mnist) "
                                "or pass --resume RUN_DIR")
-        tcfg, mcfg = runs.make_configs(args.model, args.set, preset=args.preset, data=args.data,
+        pairs = args.set
+        if args.twin:
+            from capsgen.models import get_family
+
+            fam = get_family(args.model)
+            if not fam.config_cls.TWIN:
+                have = ", ".join(f.name for f in twin_families())
+                raise CapsgenError(f"--twin: {args.model} has no capsule part, so no twin; families with one: {have}")
+            pairs = ["model.twin=true", *args.set]
+        tcfg, mcfg = runs.make_configs(args.model, pairs, preset=args.preset, data=args.data,
                                        data_dir=args.data_dir, epochs=args.epochs, steps=args.steps,
                                        minutes=args.minutes, batch_size=args.batch_size, seed=args.seed,
                                        precision=args.precision)
@@ -83,6 +95,13 @@ def cmd_train(args) -> int:
     if not launched_by_torchrun() or _rank() == 0:
         print(json.dumps({"run": str(run.path), **final}))
     return 0
+
+
+def twin_families() -> list:
+    """The registered families that have a matched non-capsule twin."""
+    from capsgen.models import FAMILIES
+
+    return [f for f in FAMILIES.values() if f.config_cls.TWIN]
 
 
 def _rank() -> int:

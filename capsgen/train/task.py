@@ -23,6 +23,11 @@ The contract, stated once:
   back by :meth:`load_extra_state`; it is saved pickle-free beside the weights.
 - What a run can *do* besides training — generate, classify, discriminate — is declared by
   inheriting the capability classes of :mod:`capsgen.train.capabilities`, never guessed.
+- A family with a matched non-capsule twin (its config's ``TWIN``, built when ``config.twin``)
+  names in ``TWIN_PARTS`` the module paths (``"discriminator.caps"``: module ``discriminator``'s
+  submodule ``caps``) where the twin differs. Everything outside them — every other submodule's
+  name, type and parameter shapes, the optimizers, the capabilities — is the same for both, and
+  tests/test_twins.py checks exactly that for every family that has a twin.
 """
 from __future__ import annotations
 
@@ -78,6 +83,8 @@ class Task(ABC):
     #: lower is better
     best_metric: str = "test_error"
     best_mode: str = "min"
+    #: module paths where the family's twin differs from the capsule model (see the contract)
+    TWIN_PARTS: tuple[str, ...] = ()
 
     def __init__(self, config: Any, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):

@@ -153,6 +153,14 @@ class CapsuleGANConfig(GANConfig):
     objective: str = opt("margin", choices=OBJECTIVES)
     lr_d: float | None = opt(2e-5, gt=0)
 
+    TWIN: ClassVar[str] = ("the discriminator's primary capsules become the same convolution with LeakyReLU "
+                           "instead of the squash, its routed capsules one dense layer of the same width "
+                           "(I x Din -> J x Dout, LeakyReLU), a length head a sigmoid score per group; "
+                           "generator, body, head, loss, minibatch std, augmentation, EMA, batch and rates "
+                           "unchanged")
+    CAPSULE_FIELDS: ClassVar[tuple[str, ...]] = ("d_routing", "d_grad_through_routing", "d_routing_kind",
+                                                 "d_caps_init_std")
+
     DISCRIMINATORS: ClassVar[tuple[str, ...]] = ("caps-dense", "caps1", "caps2", "trunk-caps", "trunk-caps2")
     PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
         "karmakar": ("model.preset=karmakar", *_KARMAKAR_TRAIN, *_KARMAKAR_D),

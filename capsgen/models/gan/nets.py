@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from capsgen.nn import PrimaryCapsules, dense_capsules, safe_norm
+from capsgen.nn.twins import DenseTwin, GroupScore, PrimaryFeatures
 
 
 def halvings(h: int, w: int, min_size: int = 4) -> int:
@@ -219,7 +220,16 @@ def capsule_head(head: str, out_caps: int, out_dim: int, dense: int) -> nn.Modul
 class _RoutedCapsuleOutput(nn.Module):
     """What both capsule discriminators share around their primary capsules: the optional
     minibatch spread added to the primary capsules' pre-activations, ``num_primary`` capsules
-    routed to ``out_caps`` capsules (``self.caps``), then the dense or length head."""
+    routed to ``out_caps`` capsules (``self.caps``), then the dense or length head.
+
+    ``twin=True`` builds the matched non-capsule twin (:mod:`capsgen.nn.twins`): ``primary``
+    becomes the same convolution with LeakyReLU instead of the squash, ``caps`` one dense layer of
+    the same width (I * Din -> J * Dout, LeakyReLU), and a length head reads each of the J groups
+    with a learnt sigmoid score instead of its length. Everything else (body, minibatch spread,
+    dense head) is built by the same lines. ``TWIN_PARTS`` names the modules that differ.
+    """
+
+    TWIN_PARTS = ("primary", "caps", "score")
 
     num_primary: int
     minibatch_std: int
@@ -237,15 +247,26 @@ class _RoutedCapsuleOutput(nn.Module):
             return None
         return minibatch_spread(y, self.minibatch_std)[:, None] * self.spread_weight
 
+    def _primary(self, twin: bool, in_channels: int, primary_caps: int, primary_dim: int, kernel: int,
+                 stride: int, padding: int, squash: str) -> nn.Module:
+        if twin:
+            return PrimaryFeatures(in_channels, primary_caps, primary_dim, kernel, stride, padding)
+        return PrimaryCapsules(in_channels, primary_caps, primary_dim, kernel, stride, padding, squash=squash)
+
     def _routed_capsules(self, routing: str, primary_dim: int, out_caps: int, out_dim: int,
                          routing_iterations: int, grad_through_routing: bool, squash: str,
-                         init_std: float, head: str, dense: int) -> None:
-        # One parent: c == 1 after any number of iterations, so one iteration is the same answer.
-        iters = 1 if out_caps == 1 else routing_iterations
-        self.caps = dense_capsules(routing, self.num_primary, primary_dim, out_caps, out_dim,
-                                   routing_iterations=iters, grad_through_iterations=grad_through_routing,
-                                   squash=squash, init_std=init_std)
+                         init_std: float, head: str, dense: int, twin: bool = False) -> None:
+        self.twin = twin
+        if twin:
+            self.caps: nn.Module = DenseTwin(self.num_primary, primary_dim, out_caps, out_dim)
+        else:
+            # One parent: c == 1 after any number of iterations, so one iteration is the same answer.
+            iters = 1 if out_caps == 1 else routing_iterations
+            self.caps = dense_capsules(routing, self.num_primary, primary_dim, out_caps, out_dim,
+                                       routing_iterations=iters, grad_through_iterations=grad_through_routing,
+                                       squash=squash, init_std=init_std)
         self.head = capsule_head(head, out_caps, out_dim, dense)
+        self.score = GroupScore(out_caps, out_dim) if twin and self.head is None else None
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]; each discriminator builds its own."""
@@ -254,7 +275,9 @@ class _RoutedCapsuleOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> logits [B, 1] (dense head) or capsule lengths [B, out_caps]."""
         v = self.capsules(x)
-        return self.head(v) if self.head is not None else safe_norm(v)
+        if self.head is not None:
+            return self.head(v)
+        return self.score(v) if self.score is not None else safe_norm(v)
 
 
 class CapsuleDiscriminator(_RoutedCapsuleOutput):
@@ -305,7 +328,7 @@ class CapsuleDiscriminator(_RoutedCapsuleOutput):
                  out_dim: int = 16, routing_iterations: int = 3, head: str = "dense",
                  dense: int = 64, grad_through_routing: bool = True, squash: str = "sabour",
                  init_std: float = 0.01, conv_stride: int = 1, routing: str = "dynamic",
-                 minibatch_std: int = 0):
+                 minibatch_std: int = 0, twin: bool = False):
         super().__init__()
         C, H, W = shape
         if head not in ("dense", "length"):
@@ -320,12 +343,12 @@ class CapsuleDiscriminator(_RoutedCapsuleOutput):
         self.kind = "logit" if head == "dense" else "length"
         self.conv = nn.Conv2d(C, conv_channels, conv_kernel, conv_stride)
         self.act = _activation(activation, conv_channels)
-        self.primary = PrimaryCapsules(conv_channels, primary_caps, primary_dim, primary_kernel,
-                                       primary_stride, squash=squash)
+        self.primary = self._primary(twin, conv_channels, primary_caps, primary_dim, primary_kernel,
+                                     primary_stride, 0, squash)
         self.num_primary = primary_caps * h * w
         self._minibatch_spread(minibatch_std, primary_caps * primary_dim)
         self._routed_capsules(routing, primary_dim, out_caps, out_dim, routing_iterations, grad_through_routing,
-                              squash, init_std, head, dense)
+                              squash, init_std, head, dense, twin)
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""
@@ -362,7 +385,8 @@ class TrunkCapsuleDiscriminator(_RoutedCapsuleOutput):
                  primary_kernel: int = 3, primary_stride: int = 1, out_caps: int = 10,
                  out_dim: int = 16, routing_iterations: int = 3, head: str = "dense",
                  dense: int = 64, grad_through_routing: bool = True, squash: str = "sabour",
-                 init_std: float = 0.01, routing: str = "dynamic", minibatch_std: int = 0):
+                 init_std: float = 0.01, routing: str = "dynamic", minibatch_std: int = 0,
+                 twin: bool = False):
         super().__init__()
         if head not in ("dense", "length"):
             raise ValueError(f"unknown capsule head {head!r}; choose dense or length")
@@ -371,12 +395,12 @@ class TrunkCapsuleDiscriminator(_RoutedCapsuleOutput):
         pad = primary_kernel // 2
         # same-size padding: a grid of ceil(h / stride) x ceil(w / stride), never empty
         gh, gw = (h + 2 * pad - primary_kernel) // primary_stride + 1, (w + 2 * pad - primary_kernel) // primary_stride + 1
-        self.primary = PrimaryCapsules(ch, primary_caps, primary_dim, primary_kernel, primary_stride, pad,
-                                       squash=squash)
+        self.primary = self._primary(twin, ch, primary_caps, primary_dim, primary_kernel, primary_stride, pad,
+                                     squash)
         self.num_primary = primary_caps * gh * gw
         self._minibatch_spread(minibatch_std, primary_caps * primary_dim)
         self._routed_capsules(routing, primary_dim, out_caps, out_dim, routing_iterations, grad_through_routing,
-                              squash, init_std, head, dense)
+                              squash, init_std, head, dense, twin)
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> output capsules [B, out_caps, out_dim]."""

@@ -55,7 +55,7 @@ def build_discriminator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn
                                       cfg.d_primary_dim, cfg.d_primary_kernel, cfg.d_primary_stride, out_caps,
                                       cfg.d_caps_dim, cfg.d_routing, head, cfg.d_dense, cfg.d_grad_through_routing,
                                       init_std=cfg.d_caps_init_std, routing=cfg.d_routing_kind,
-                                      minibatch_std=cfg.d_minibatch_std)
+                                      minibatch_std=cfg.d_minibatch_std, twin=cfg.twin)
     else:
         head, out_caps = {"caps-dense": ("dense", cfg.d_caps), "caps1": ("length", 1),
                           "caps2": ("length", 2)}[cfg.discriminator]
@@ -64,7 +64,7 @@ def build_discriminator(cfg: GANConfig, shape: tuple[int, int, int]) -> torch.nn
                                  cfg.d_primary_stride, out_caps, cfg.d_caps_dim, cfg.d_routing, head,
                                  cfg.d_dense, cfg.d_grad_through_routing, init_std=cfg.d_caps_init_std,
                                  conv_stride=cfg.d_conv_stride, routing=cfg.d_routing_kind,
-                                 minibatch_std=cfg.d_minibatch_std)
+                                 minibatch_std=cfg.d_minibatch_std, twin=cfg.twin)
     return spectral_normed(d) if cfg.d_spectral_norm else d
 
 
@@ -89,6 +89,7 @@ class GANTask(Task, Generative, Discriminating):
     """Generator vs discriminator. Modules: generator, discriminator (and generator_ema)."""
 
     best_metric = ""   # no single figure says which GAN checkpoint is best; keep 'last'
+    TWIN_PARTS = tuple(f"discriminator.{name}" for name in ("primary", "caps", "score"))
 
     def __init__(self, config: GANConfig, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):
