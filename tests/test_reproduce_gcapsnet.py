@@ -12,7 +12,7 @@ import pytest
 
 from capsgen.cli import main
 from capsgen.reproduce.gcapsnet.report import mean_sd, pct
-from capsgen.reproduce.gcapsnet.run import applicable
+from capsgen.reproduce.overrides import applicable
 from capsgen.reproduce.gcapsnet.spec import MODEL_NAMES, PAPER_TABLE2, Settings
 
 # Every model small enough for 8x8 images; each --set goes to the families that have the field.

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from capsgen.reproduce import capsulegan, gcapsnet, poe, vcaps
+from capsgen.reproduce import capsulegan, gcapsnet, poe, twins, vcaps
 
 EXPERIMENTS: dict[str, ModuleType] = {
     "capsulegan": capsulegan,
     "gcapsnet": gcapsnet,
     "poe": poe,
+    "twins": twins,
     "vcaps": vcaps,
 }

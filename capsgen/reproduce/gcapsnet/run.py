@@ -23,71 +23,25 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from capsgen.config import TrainConfig, apply_overrides
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.gcapsnet.spec import ATTACK_MODELS, MODELS, TABLE3_MODELS, ModelSpec, Settings
 from capsgen.reproduce.common import Results, open_report_folder, say
+from capsgen.reproduce.overrides import applicable, check_extra
 
 EVAL_BATCH = 500
 
 
 # ------------------------------------------------------------------------------ configs
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in fields(cls)} - {"family"}
-
-
-def applicable(family: str, base: list[str], extra: tuple[str, ...]) -> list[str]:
-    """The ``--set`` pairs of ``extra`` that ``family`` has and that take effect on top of ``base``.
-
-    One ``--set`` list serves every model (capsnet, gcapsnet, acgan): each takes the fields it has
-    (``model.primary_capsules`` is capsnet's, ``model.primary_caps`` gcapsnet's), and a field the
-    model's architecture does not use (``ineffective()``) is left out for that model only.
-    """
-    from capsgen.models import get_family
-
-    cls = get_family(family).config_cls
-    own = {"train": _field_names(TrainConfig), "model": _field_names(cls)}
-    keep = []
-    for pair in extra:
-        key = pair.split("=", 1)[0].strip()
-        section, _, name = key.rpartition(".")
-        if (section and name in own.get(section, ())) or (not section and (name in own["train"]) != (name in own["model"])):
-            keep.append(pair)
-    mcfg, tcfg = cls(), TrainConfig()
-    apply_overrides({"train": tcfg, "model": mcfg}, base + keep)
-    void = set(mcfg.ineffective())
-    return [p for p in keep if (k := p.split("=", 1)[0].strip()) not in void and f"model.{k}" not in void]
-
-
 # Train fields the reproduction sets from its own options (a --set of them would undo the
 # settings results.json records).
 OWN_FLAGS = {"data": "--data", "data_dir": "--data-dir", "seed": "--seeds", "batch_size": "--batch-size",
              "minutes": "--budget", "epochs": "--epochs", "steps": "--budget / --epochs"}
-
-
-def check_extra(extra: tuple[str, ...], families: list[str]) -> None:
-    """A ``--set`` key that no model of the reproduction has is a mistake: say so in one line."""
-    from capsgen.models import get_family
-
-    names = {"train": _field_names(TrainConfig), "model": set().union(*(_field_names(get_family(f).config_cls)
-                                                                         for f in families))}
-    for pair in extra:
-        if "=" not in pair:
-            raise CapsgenError(f"--set expects key=value, got {pair!r}")
-        key = pair.split("=", 1)[0].strip()
-        section, _, name = key.rpartition(".")
-        if section in ("", "train") and name in OWN_FLAGS:
-            raise CapsgenError(f"--set {key}: the reproduction sets it; use {OWN_FLAGS[name]}")
-        if section not in ("", "train", "model") or name not in names.get(section, names["train"] | names["model"]):
-            raise CapsgenError(f"--set {key}: no model of this experiment has that field "
-                               f"({', '.join(families)}; e.g. model.lr, train.threads)")
 
 
 def model_configs(spec: ModelSpec, s: Settings, seed: int) -> tuple[Any, Any]:
@@ -262,7 +216,7 @@ def run(s: Settings) -> Path:
         raise CapsgenError(f"none of --models {','.join(s.models)} trains on {s.channels}-channel data "
                            "(multilayer: 3-channel only)")
     # against every family the experiment can use, so one --set list serves any --models choice
-    check_extra(s.extra, sorted({m.family for m in MODELS} | ({s.gan_family} if s.gan_epochs else set())))
+    check_extra(s.extra, sorted({m.family for m in MODELS} | ({s.gan_family} if s.gan_epochs else set())), OWN_FLAGS)
     for spec in specs:                                  # every config checked before anything runs
         model_configs(spec, s, s.seeds[0])
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,64 +24,18 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from capsgen.config import TrainConfig, apply_overrides
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.vcaps.spec import MODEL_NAMES, MODELS, SCALES, ModelSpec, Settings
 from capsgen.reproduce.common import Results, open_report_folder, say
+from capsgen.reproduce.overrides import applicable, check_extra
 
 
 # ------------------------------------------------------------------------------ configs
-OWN_FLAGS = {"data": "--data", "data_dir": "--data-dir", "seed": "--seeds", "minutes": "--budget",
-             "epochs": "--budget", "steps": "--budget"}
-
-
-def _names(cls: type) -> set[str]:
-    return {f.name for f in fields(cls)} - {"family"}
-
-
-def check_extra(extra: tuple[str, ...], families: list[str]) -> None:
-    """A ``--set`` key that no model has, or that the reproduction sets itself: one line."""
-    from capsgen.models import get_family
-
-    model = set().union(*(_names(get_family(f).config_cls) for f in families))
-    train = _names(TrainConfig)
-    for pair in extra:
-        if "=" not in pair:
-            raise CapsgenError(f"--set expects key=value, got {pair!r}")
-        key = pair.split("=", 1)[0].strip()
-        section, _, name = key.rpartition(".")
-        if section in ("", "train") and name in OWN_FLAGS:
-            raise CapsgenError(f"--set {key}: the reproduction sets it; use {OWN_FLAGS[name]}")
-        known = {"": train | model, "train": train, "model": model}.get(section, set())
-        if name not in known:
-            raise CapsgenError(f"--set {key}: no model of this experiment has that field "
-                               f"({', '.join(families)}; e.g. model.lr, train.threads)")
-
-
-def applicable(family: str, base: list[str], extra: tuple[str, ...]) -> list[str]:
-    """The pairs of ``extra`` that ``family`` has and that take effect on top of ``base`` (a field
-    the model's other values make ineffective, e.g. a discriminator width without one, is left out)."""
-    from capsgen.models import get_family
-
-    cls = get_family(family).config_cls
-    own = {"train": _names(TrainConfig), "model": _names(cls)}
-    keep = []
-    for pair in extra:
-        section, _, name = pair.split("=", 1)[0].strip().rpartition(".")
-        if (section and name in own.get(section, ())) or (not section and (name in own["train"]) != (name in own["model"])):
-            keep.append(pair)
-    mcfg, tcfg = cls(), TrainConfig()
-    apply_overrides({"train": tcfg, "model": mcfg}, base + keep)
-    void = set(mcfg.ineffective())
-    return [p for p in keep if (k := p.split("=", 1)[0].strip()) not in void and f"model.{k}" not in void]
-
-
 def model_configs(spec: ModelSpec, s: Settings, seed: int) -> tuple[Any, Any]:
     from capsgen import runs
 
