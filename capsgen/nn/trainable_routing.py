@@ -53,7 +53,7 @@ from capsgen.nn.squash import get_squash, squash_exp
 COUPLING_INITS = ("parents", "children", "xavier")
 DEFAULT_COUPLING_INIT = "parents"
 
-ROUTINGS = ("dynamic", "trainable")
+ROUTINGS = ("dynamic", "trainable", "self-attention")
 
 
 def init_coupling_(c: torch.Tensor, children: int, parents: int, how: str) -> torch.Tensor:
@@ -230,6 +230,8 @@ def dense_capsules(routing: str, in_capsules: int, in_dim: int, out_capsules: in
     ``routing="dynamic"``: :class:`DenseCapsules` (routing by agreement; ``coupling_init`` unused).
     ``routing="trainable"``: :class:`TrainableDenseCapsules` — one pass by definition, so
     ``routing_iterations``, ``agreement`` and ``grad_through_iterations`` do not apply to it.
+    ``routing="self-attention"``: :class:`~capsgen.nn.attention_routing.AttentionDenseCapsules`,
+    agreement in one pass (Efficient-CapsNet); the same three do not apply.
     """
     if routing == "dynamic":
         return DenseCapsules(in_capsules, in_dim, out_capsules, out_dim, routing_iterations, agreement,
@@ -237,4 +239,8 @@ def dense_capsules(routing: str, in_capsules: int, in_dim: int, out_capsules: in
     if routing == "trainable":
         return TrainableDenseCapsules(in_capsules, in_dim, out_capsules, out_dim, squash=squash,
                                       init_std=init_std, coupling_init=coupling_init)
+    if routing == "self-attention":
+        from capsgen.nn.attention_routing import AttentionDenseCapsules
+
+        return AttentionDenseCapsules(in_capsules, in_dim, out_capsules, out_dim, squash=squash, init_std=init_std)
     raise ValueError(f"unknown routing {routing!r}; choose one of {ROUTINGS}")

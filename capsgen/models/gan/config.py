@@ -15,7 +15,7 @@ SCHEDULES = ("joint", "alternate")
 DISCRIMINATORS = ("conv", "caps-dense", "caps1", "caps2", "trunk-caps", "trunk-caps2")
 OBJECTIVES = ("bce", "margin", "lsgan", "hinge")
 AUGMENTS = ("none", "translation", "cutout", "translation,cutout")
-ROUTINGS = ("dynamic", "trainable")   # capsgen.nn.trainable_routing.ROUTINGS (torch-free copy)
+ROUTINGS = ("dynamic", "trainable", "self-attention")   # capsgen.nn.trainable_routing.ROUTINGS (torch-free copy)
 
 # Paper-size CapsNet discriminators (the CPU defaults below are much smaller).
 _KARMAKAR_D = ("model.discriminator=caps-dense", "model.d_conv_channels=256", "model.d_conv_kernel=9",
@@ -70,7 +70,8 @@ class GANConfig(FamilyConfig):
     d_routing: int = opt(3, min=1)
     d_grad_through_routing: bool = True
     # dynamic: routing by agreement (Sabour et al.); trainable: Chen et al.'s (G-CapsNets) learnt
-    # couplings, one pass (d_routing and d_grad_through_routing then do not apply)
+    # couplings, one pass; self-attention: agreement in one pass (Mazzia et al. 2021, Efficient-
+    # CapsNet). For the one-pass kinds d_routing and d_grad_through_routing do not apply.
     d_routing_kind: str = opt("dynamic", choices=ROUTINGS)
     d_caps_init_std: float = opt(0.01, gt=0)     # std of the capsule transforms W_ij (Sabour: 0.01)
     d_dense: int = opt(64, min=1)                 # caps-dense: hidden dense layer
@@ -112,8 +113,9 @@ class GANConfig(FamilyConfig):
         # Only settings that are silently void whatever else is set. Conv-only or capsule-only
         # fields are not listed: `capsgen reproduce --set` applies one set of overrides to DCGAN
         # and CapsuleGAN runs alike, and each takes the fields that concern it.
-        if self.d_routing_kind == "trainable":
-            why = "trainable routing (model.d_routing_kind=trainable) makes one pass with learnt couplings"
+        if self.d_routing_kind in ("trainable", "self-attention"):
+            why = (f"{self.d_routing_kind} routing (model.d_routing_kind={self.d_routing_kind}) makes one pass, "
+                   "without iterations")
             return {"model.d_routing": why, "model.d_grad_through_routing": why}
         if self.discriminator != "caps1":
             return {}
