@@ -266,3 +266,35 @@ def test_deviations_and_confounds_come_from_the_configs():
     assert any(f.startswith("model.g_channels: 128,64,32,3 (c) vs 64,32,16,3 (d)") for f in found)
     assert any(f.startswith("model.diffaugment: none (c) vs cutout (d)") for f in found)
     assert "train.batch_size: 16 (c) vs 32 (d)" in found
+
+
+# ------------------------------------------------------------------ every report: deviations and verdicts
+VERDICTS = ("**held**", "**did not hold**", "**not resolved")
+REPORTS = sorted(Path(__file__).resolve().parents[1].glob("reports/*/report.md"))
+
+
+def test_a_report_without_a_deviations_list_is_refused(tmp_path):
+    from capsgen.reproduce.common import write_report
+
+    with pytest.raises(ValueError, match="Deviations"):
+        write_report(tmp_path, "t", "# t\n\n## Results\n\n- a number\n")
+    with pytest.raises(ValueError, match="Deviations"):
+        write_report(tmp_path, "t", "# t\n\n## Deviations from the paper\n\nnone\n\n## Other\n\n- x\n")
+    assert not (tmp_path / "report.md").exists()
+    assert write_report(tmp_path, "t", "# t\n\n## Deviations from the paper\n\n- smaller\n").is_file()
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=lambda p: p.parent.name)
+def test_every_committed_report_lists_deviations_and_gives_every_claim_a_verdict(report):
+    from capsgen.reproduce.common import check_deviations
+
+    md = report.read_text()
+    check_deviations(md)
+    lines = md.splitlines()
+    claims = [k for k, line in enumerate(lines) if line.startswith("## Did ")]
+    for k in claims:
+        for line in lines[k + 1:]:
+            if line.startswith("## "):
+                break
+            if line.startswith("- ") and "(no claim of the paper" not in line:
+                assert any(v in line for v in VERDICTS), line[:160]

@@ -106,14 +106,34 @@ def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(r) + " |" for r in rows], ""]
 
 
+def check_deviations(md: str) -> None:
+    """Refuse a report without a deviations list: a "## Deviations…" section with at least one item.
+
+    Every reproduction differs from its paper (scale, data, optimiser, readings of what the paper
+    leaves open); a report that lists none hides them, so no report is written without one.
+    """
+    lines = md.splitlines()
+    starts = [k for k, line in enumerate(lines) if line.startswith("## Deviations")]
+    for k in starts:
+        body = []
+        for line in lines[k + 1:]:
+            if line.startswith("## "):
+                break
+            body.append(line)
+        if any(line.lstrip().startswith("- ") for line in body):
+            return
+    raise ValueError("a report must end with a '## Deviations …' section listing at least one deviation")
+
+
 def write_report(folder: Path, title: str, md: str) -> Path:
     """report.md, and report.html rendering the same text (markdown tables extension); returns report.md.
 
     The Markdown is the source; the HTML is that text rendered with a small style sheet, so both
-    always say the same thing.
+    always say the same thing. A report without a deviations list is refused (:func:`check_deviations`).
     """
     import markdown
 
+    check_deviations(md)
     path = folder / "report.md"
     atomic_write_text(path, md)
     body = markdown.markdown(md, extensions=["tables", "fenced_code"])

@@ -137,9 +137,10 @@ def copy_figures(folder: Path, s: Settings) -> dict[str, dict[str, str]]:
     for spec in s.specs():
         src = RunDir(run_dir_of(folder, spec.name, s.seeds[0])).figures
         for kind in FIGURES.get(spec.name, ()):
+            dst = out / f"{spec.name}_{kind}.png"
             if (src / f"{kind}.png").exists():
-                dst = out / f"{spec.name}_{kind}.png"
                 shutil.copyfile(src / f"{kind}.png", dst)
+            if dst.exists():       # a committed report keeps its pictures when its runs/ are gone
                 found.setdefault(spec.name, {})[kind] = f"figures/{dst.name}"
     return found
 
