@@ -1,7 +1,8 @@
 """The CapsNet's matched non-capsule twin (``capsgen train capsnet --twin``): the same conv,
 decoder, margin loss and masking with PrimaryFeatures, a DenseTwin and GroupScores in place of
-the squash, the routing and the lengths; it learns, trains and resumes through the command line,
-and everything a capsnet run can do (eval, figures, attacks) works on a twin run."""
+the squash, the routing and the lengths (it learns: tests/test_capsnet.py); it trains and resumes
+through the command line, and everything a capsnet run can do (eval, figures, attacks) works on a
+twin run."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,15 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from capsgen.cli import main
-from capsgen.data import load_split
-from capsgen.data.batch import Batch
 from capsgen.models.capsnet.config import CapsNetConfig
 from capsgen.models.capsnet.nets import CapsNet, capsnet_loss
-from capsgen.models.capsnet.task import CapsNetTask
 from capsgen.nn import margin_loss
 from capsgen.nn.twins import TWIN_SLOPE, DenseTwin, GroupScore, PrimaryFeatures
-from capsgen.train.loop import step_generator
-from capsgen.train.task import DataInfo, StepContext
 
 TINY = CapsNetConfig(conv_channels=16, conv_kernel=3, primary_capsules=4, primary_kernel=3,
                      class_dim=8, decoder_hidden=(32, 64), shift_pixels=1)
@@ -55,21 +51,6 @@ def test_twin_is_the_capsnet_with_squash_routing_and_lengths_replaced():
     assert ((scores > 0) & (scores < 1)).all() and torch.equal(parts["scores"], scores)
     sse = (caps.decode(v, y) - x).pow(2).flatten(1).sum(1).mean()      # caps' decoder = twin's
     torch.testing.assert_close(loss, margin_loss(scores, y) + 0.0005 * sse)
-
-
-def test_twin_learns_on_digits():
-    (xs, ys), (xt, yt) = load_split("digits", "train").to_tensors(), load_split("digits", "test").to_tensors()
-    torch.manual_seed(0)
-    # the capsule test (tests/test_capsnet.py) uses lr 1e-2 for its slow start; the twin takes the same
-    cfg = dataclasses.replace(TINY, twin=True, lr=1e-2)
-    task = CapsNetTask(cfg, DataInfo("digits", (1, 8, 8), 10, None, len(xs)), torch.device("cpu"))
-    before = task.evaluate(Batch(xt, yt))["test_error"]
-    for step in range(150):
-        idx = torch.randint(0, len(xs), (32,), generator=torch.Generator().manual_seed(step))
-        task.train_step(Batch(xs[idx], ys[idx]), StepContext(step, 0.0, 40, step_generator(0, step)))
-    with torch.no_grad():
-        after = task.evaluate(Batch(xt, yt))["test_error"]
-    assert after < 0.5 < before
 
 
 def eval_json(capsys, run: Path) -> dict:
