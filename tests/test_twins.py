@@ -84,7 +84,7 @@ def n_params(task) -> int:
 
 
 def test_some_families_have_twins():
-    assert "capsulegan" in TWIN_FAMILIES
+    assert {"capsulegan", "capsnet", "gcapsnet"} <= set(TWIN_FAMILIES)
 
 
 @pytest.mark.parametrize("family,preset", cases())
