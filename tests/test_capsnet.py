@@ -1,6 +1,7 @@
 """The CapsNet classifier: shapes, loss, masking, augmentation, learning, figures."""
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -70,7 +71,8 @@ def test_random_shift_moves_content_within_bounds_and_zero_fills():
     assert torch.equal(out, random_shift(x, 2, torch.Generator().manual_seed(0)))
 
 
-def test_task_learns_on_digits_and_writes_perturbation_figure(tmp_path):
+@pytest.mark.parametrize("twin", [False, True])   # the twin (tests/test_capsnet_twin.py) as well
+def test_task_learns_on_digits_and_writes_perturbation_figure(tmp_path, twin):
     from capsgen.data import load_split
 
     train, test = load_split("digits", "train"), load_split("digits", "test")
@@ -78,7 +80,7 @@ def test_task_learns_on_digits_and_writes_perturbation_figure(tmp_path):
     xt, yt = test.to_tensors()
     torch.manual_seed(0)
     # A tiny CapsNet starts slowly (short votes => |v| ~ |s|^2), so a larger step size here.
-    cfg = CapsNetConfig(**{**TINY.__dict__, "lr": 1e-2})
+    cfg = CapsNetConfig(**{**TINY.__dict__, "lr": 1e-2, "twin": twin})
     task = CapsNetTask(cfg, DataInfo("digits", (1, 8, 8), 10, None, len(xs)), torch.device("cpu"))
     before = task.evaluate(Batch(xt, yt))["test_error"]
     for step in range(150):

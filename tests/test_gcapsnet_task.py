@@ -118,7 +118,7 @@ def test_evaluate_changes_nothing_and_scores_are_differentiable():
 def test_describe_sets_the_parameter_count_beside_the_papers():
     info = DataInfo("mnist", (1, 28, 28), 10, None, 60000)
     fc = GCapsNetTask(preset_config("fc"), info, torch.device("cpu")).describe()
-    assert fc == {"arch": "fc", "preset": "fc", "reconstruction": False, "params": 6_815_744, "paper": "6.8M",
+    assert fc == {"arch": "fc", "preset": "fc", "twin": False, "reconstruction": False, "params": 6_815_744, "paper": "6.8M",
                   "matches_paper": True, "note": ""}
     # not the paper's image shape: no paper figure to compare with
     tiny = _task("fc").describe()

@@ -16,6 +16,7 @@ import torch
 
 from capsgen import runs
 from capsgen.cli import main
+from capsgen.errors import ConfigError
 from capsgen.models import FAMILIES
 from capsgen.nn.layers import ConvCapsules, DenseCapsules, PrimaryCapsules
 from capsgen.nn.trainable_routing import TrainableConvCapsules, TrainableDenseCapsules
@@ -25,8 +26,17 @@ CAPSULE_LAYERS = (PrimaryCapsules, DenseCapsules, ConvCapsules, TrainableDenseCa
 TWIN_FAMILIES = sorted(name for name, f in FAMILIES.items() if f.config_cls.TWIN)
 
 # Largest |twin / capsule - 1| of the parameter counts per family: the twin replaces each capsule
-# layer by a layer of the same width, so the counts differ by biases against couplings only.
-PARAM_TOLERANCE = {"capsulegan": 0.02}
+# layer by a layer of the same width, so the counts differ by biases against couplings, and where
+# poses are matrices by the transforms they share (gcapsnet).
+PARAM_TOLERANCE = {
+    "capsulegan": 0.02,
+    # the routed layer's transforms become the Linear weight, plus 160 biases and 170 score weights: +0.004 %
+    "capsnet": 1e-4,
+    # fc: couplings out, biases in (-0.16 % MNIST, -0.76 % CIFAR-10); the conv preset's 2x4 pose matrices
+    # share each 4x4 transform over both rows, which a plain Conv2d of the same width cannot: +9.8 %
+    # (capsgen.models.gcapsnet.nets lists every preset's counts)
+    "gcapsnet": 0.10,
+}
 
 
 def info_for(family: str, preset: str | None) -> DataInfo:
@@ -74,14 +84,19 @@ def n_params(task) -> int:
 
 
 def test_some_families_have_twins():
-    assert "capsulegan" in TWIN_FAMILIES
+    assert {"capsulegan", "capsnet", "gcapsnet"} <= set(TWIN_FAMILIES)
 
 
 @pytest.mark.parametrize("family,preset", cases())
 def test_twin_differs_from_its_capsule_model_only_in_the_capsule_part(family, preset):
     torch.manual_seed(0)
     cfg, caps = build(family, preset, twin=False)
-    tcfg, twin = build(family, preset, twin=True)
+    try:
+        tcfg, twin = build(family, preset, twin=True)
+    except ConfigError as exc:   # a preset with no capsules (a CNN baseline) is refused a twin, in one line
+        assert "no capsule part" in str(exc) and "\n" not in str(exc), exc
+        assert not any(isinstance(m, CAPSULE_LAYERS) for key in caps.modules for m in caps.modules[key].modules())
+        return
     assert dataclasses.replace(tcfg, twin=False) == cfg
     parts = type(caps).TWIN_PARTS
     assert parts, f"{family} has a twin but names no TWIN_PARTS"

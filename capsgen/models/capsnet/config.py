@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from capsgen.config import FamilyConfig, opt
 
@@ -27,6 +28,14 @@ class CapsNetConfig(FamilyConfig):
     lr: float = opt(1e-3, gt=0)
     lr_decay: float = opt(1.0, gt=0, max=1)   # multiply the learning rate by this every epoch,
     lr_decay_steps: int | None = opt(None, min=1)   # or, when set, continuously every this many steps
+
+    # The twin (capsgen.models.capsnet.nets says why it is the fair counterpart); it has no squash
+    # and no routing, so the fields that only those read conflict with --twin.
+    TWIN: ClassVar[str] = ("the primary capsules become the same convolution with LeakyReLU instead of the squash, "
+                           "the routed class capsules one dense layer of the same width (1152 x 8 -> K x 16 on "
+                           "28x28, LeakyReLU), a class's capsule length a sigmoid score of its 16-D vector; conv, "
+                           "margin loss, masking, decoder, shifts, batch and rates unchanged")
+    CAPSULE_FIELDS: ClassVar[tuple[str, ...]] = ("routing_iterations", "grad_through_routing", "squash")
 
     # ``sabour``: the schedule of Sabour et al.'s own code (github.com/Sarasra/models,
     # research/capsules: experiment.py default_hparams learning_rate=0.001, decay_rate=0.96,

@@ -9,7 +9,6 @@ from capsgen.data.batch import Batch
 from capsgen.models.capsnet.config import CapsNetConfig
 from capsgen.models.capsnet.nets import CapsNet, capsnet_loss
 from capsgen.models.common import random_shift, require_labels, set_step_lr
-from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
 from capsgen.train.capabilities import Classifying
 from capsgen.train.distributed import SINGLE, Distributed
@@ -18,6 +17,7 @@ from capsgen.train.task import DataInfo, StepContext, Task
 
 class CapsNetTask(Task, Classifying):
     best_metric, best_mode = "test_error", "min"
+    TWIN_PARTS = ("model.primary", "model.classes", "model.score")   # see capsgen.models.capsnet.nets
 
     def __init__(self, config: CapsNetConfig, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):
@@ -34,24 +34,28 @@ class CapsNetTask(Task, Classifying):
         y = batch.labels
         loss, parts = capsnet_loss(self.model, x, y)
         self.optimizer_step("model", loss)
-        acc = (parts["lengths"].argmax(1) == y).float().mean()
+        acc = (parts["scores"].argmax(1) == y).float().mean()
         return {"loss": loss.item(), "margin": parts["margin"].item(),
                 "recon_sse": parts["recon_sse"].item(), "accuracy": acc.item()}
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Class-capsule lengths [B, K] (differentiable w.r.t. the images)."""
-        return safe_norm(self.model(images))
+        """Class-capsule lengths (twin: its GroupScores) [B, K], differentiable w.r.t. the images."""
+        return self.model.scores(self.model(images))
 
     def predict(self, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class-capsule poses [N, K, D] and lengths [N, K] for images [N, C, H, W]."""
-        poses = torch.cat([self.model(images[k:k + batch].to(self.device)).cpu()
-                           for k in range(0, len(images), batch)])
-        return poses, safe_norm(poses)
+        """Class-capsule poses [N, K, D] and their scores [N, K] (lengths; twin: GroupScores) for
+        images [N, C, H, W]."""
+        poses, scores = [], []
+        for k in range(0, len(images), batch):
+            p = self.model(images[k:k + batch].to(self.device))
+            poses.append(p.cpu())
+            scores.append(self.model.scores(p).cpu())
+        return torch.cat(poses), torch.cat(scores)
 
     def evaluate(self, batch: Batch) -> dict[str, float]:
         images, labels = batch.images, batch.labels
-        poses, lengths = self.predict(images)
-        pred = lengths.argmax(1)
+        poses, scores = self.predict(images)
+        pred = scores.argmax(1)
         out = {"test_error": (pred != labels).float().mean().item(), "n": len(labels)}
         recon = self.model.decode(poses[:500].to(self.device), pred[:500].to(self.device)).cpu()
         out["recon_sse"] = (recon - images[:500]).pow(2).flatten(1).sum(1).mean().item()
@@ -71,8 +75,8 @@ class CapsNetTask(Task, Classifying):
                 if len(hits):
                     picks.append(int(hits[0]))
             x = images[picks]
-            poses, lengths = self.predict(x)
-            pred = lengths.argmax(1)
+            poses, scores = self.predict(x)
+            pred = scores.argmax(1)
             recon = self.model.decode(poses.to(self.device), pred.to(self.device)).cpu()
             paths.append(save_image_grid(torch.cat([x, recon]), out_dir / "reconstructions.png",
                                          ncol=len(x), scale=3))

@@ -136,6 +136,20 @@ class GCapsNetConfig(FamilyConfig):
     lr_decay: float = opt(1.0, gt=0, max=1)
     shift_pixels: int = opt(2, min=0)
 
+    # The twin (capsgen.models.gcapsnet.nets says what replaces what and why it is the fair
+    # counterpart). It has no squash, couplings or capsule transforms, so the fields only those
+    # read conflict with --twin: the squash and its ReLU, the couplings' init and layout, the
+    # transforms' init and pose-matrix sizes (the twin's widths do not depend on them).
+    TWIN: ClassVar[str] = ("the primary capsules become the same convolution with LeakyReLU instead of the squash "
+                           "(multilayer: the ReLU output unsquashed), each trainable-routing capsule layer a layer "
+                           "of the same width with LeakyReLU (fully connected: one dense layer I x Din -> J x "
+                           "Dout; convolutional: a Conv2d over the grid's channels with the same kernel and "
+                           "stride), a class capsule's length a sigmoid score of its vector; convolutions, margin "
+                           "loss, masking, decoder, shifts, batch and rates unchanged; arch=baseline has no twin")
+    CAPSULE_FIELDS: ClassVar[tuple[str, ...]] = ("squash", "caps_relu", "coupling_init", "fc_init_std",
+                                                 "conv_init_std", "caps_matrix", "ml_caps_matrices",
+                                                 "ml_per_position_coupling", "ml_fc_coupling_per_dim")
+
     PRESETS: ClassVar[dict[str, tuple[str, ...]]] = {
         "fc": ("model.preset=fc", "model.arch=fc"),
         "fc-recon": ("model.preset=fc-recon", "model.arch=fc", *_RECON),
@@ -158,6 +172,9 @@ class GCapsNetConfig(FamilyConfig):
         """Raise ValueError (one line) for values or combinations that cannot work."""
         if self.arch not in ARCHS:
             raise ValueError(f"arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        if self.twin and self.arch == "baseline":
+            raise ValueError("twin: arch=baseline is the CNN baseline, which has no capsule part, so no twin; "
+                             "drop --twin, or choose arch fc, conv or multilayer")
         if self.squash not in SQUASHES:
             raise ValueError(f"squash {self.squash!r}: choose one of {', '.join(SQUASHES)}")
         if self.coupling_init not in COUPLING_INITS:

@@ -10,6 +10,32 @@ Every network maps images [B, C, H, W] in [0, 1] to class outputs and has
 :func:`build_gcapsnet` picks the network from a :class:`GCapsNetConfig`;
 :func:`paper_parameter_counts` builds every preset and sets its parameter counts beside the
 ones Chen et al. print.
+
+The matched non-capsule twin (``cfg.twin``; :mod:`capsgen.nn.twins`, :mod:`capsgen.nn.twins_conv`)
+of each capsule network keeps its convolutions, decoder, margin loss and masking, and replaces
+each capsule operation in place, keeping its input and output shapes and widths:
+
+- ``primary``: PrimaryCapsules -> PrimaryFeatures (the same convolution, LeakyReLU instead of the
+  squash); in ``multilayer``, whose primary capsules are the last convolution's ReLU output
+  squashed, the squash is dropped (a LeakyReLU after a ReLU is the identity);
+- ``classes`` (fc, multilayer): TrainableDenseCapsules -> DenseTwin (Linear(I * Din -> K * Dout) +
+  LeakyReLU). Trainable routing is linear in the children, so this twin differs from the capsule
+  layer only by the squash and the grouping into capsules;
+- ``classes`` (conv) and each of ``caps`` (multilayer): TrainableConvCapsules -> ConvTwin, a
+  Conv2d over the grid's Cin * Din channels with the capsule layer's kernel and stride, to
+  Cout * Dout channels, LeakyReLU;
+- ``score``: a class capsule's length -> GroupScore, sigmoid(a_k . v_k + b_k), a score in (0, 1)
+  of the class's own vector, so the margin loss and "decode the true / winning class" apply as
+  they are.
+
+The caps_relu ReLU before each squash goes with it: the twin's one non-linearity per replaced
+layer is LeakyReLU(0.2), as in every twin. Parameter counts (twin vs capsule network): the fc
+twins lose the couplings and gain biases, 6,804,554 vs 6,815,744 (-0.16 %, MNIST fc; -0.76 % on
+CIFAR-10); a conv twin has p^2 times the transform weights where poses are p-row matrices
+(capsgen.nn.twins_conv says why): MNIST conv 6,067,114 vs 5,525,504 (+9.8 %, 2x4 poses), CIFAR-10
+conv -0.76 % (1x8 poses); multilayer on CIFAR-10 708,138 vs 760,896 (-6.9 %: its 122K couplings,
+most of them per position, are gone, and its 4x2 poses give +69K). ``arch=baseline`` has no
+capsule part, so it has no twin.
 """
 from __future__ import annotations
 
@@ -24,6 +50,8 @@ from capsgen.models.gcapsnet.config import (PAPER_PARAMETER_COUNTS, PAPER_SHAPES
                                             preset_config, rounds_to)
 from capsgen.nn import PrimaryCapsules, get_squash, margin_loss, safe_norm
 from capsgen.nn.trainable_routing import TrainableConvCapsules, TrainableDenseCapsules
+from capsgen.nn.twins import DenseTwin, GroupScore, PrimaryFeatures
+from capsgen.nn.twins_conv import ConvTwin
 
 
 def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -35,13 +63,22 @@ def _too_small(arch: str, H: int, W: int, hint: str) -> ConfigError:
 
 
 class _CapsuleNet(nn.Module):
-    """Shared parts of the capsule networks: scores, the optional decoder and its masking."""
+    """Shared parts of the capsule networks: scores, the optional decoder and its masking, and
+    the choice between a capsule layer and its twin."""
 
     score_kind = "length"
 
+    @staticmethod
+    def _primary(cfg: GCapsNetConfig) -> nn.Module:
+        args = (cfg.conv_channels, cfg.primary_caps, cfg.primary_dim, cfg.primary_kernel, cfg.primary_stride)
+        return PrimaryFeatures(*args) if cfg.twin else PrimaryCapsules(*args, squash=cfg.squash)
+
     def _make_decoder(self, cfg: GCapsNetConfig, shape: tuple[int, int, int], num_classes: int,
                       class_dim: int) -> None:
+        """The decoder (with ``reconstruction``) and, in the twin, the class scores."""
         self.shape, self.num_classes = shape, num_classes
+        # capsule networks read lengths and have no score module (their state_dicts are unchanged)
+        self.score = GroupScore(num_classes, class_dim) if cfg.twin else None
         self.decoder = None
         if cfg.reconstruction:
             layers: list[nn.Module] = []
@@ -57,9 +94,13 @@ class _CapsuleNet(nn.Module):
     def has_decoder(self) -> bool:
         return self.decoder is not None
 
+    def scores(self, poses: torch.Tensor) -> torch.Tensor:
+        """Class poses [B, K, D] -> scores [B, K] in [0, 1): capsule lengths, or the twin's GroupScore."""
+        return self.score(poses) if self.score is not None else safe_norm(poses)
+
     def class_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> capsule lengths [B, K]."""
-        return safe_norm(self(x))
+        """[B, C, H, W] -> class scores [B, K] (capsule lengths; twin: GroupScores)."""
+        return self.scores(self(x))
 
     def decode(self, poses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Reconstruct images [B, C, H, W] from poses [B, K, D], keeping only class ``labels`` [B]."""
@@ -85,11 +126,14 @@ class FCGCapsNet(_CapsuleNet):
         if h < 1 or w < 1:
             raise _too_small("fc", H, W, f"kernels {cfg.conv_kernel} and {cfg.primary_kernel}")
         self.conv = nn.Conv2d(C, cfg.conv_channels, cfg.conv_kernel)
-        self.primary = PrimaryCapsules(cfg.conv_channels, cfg.primary_caps, cfg.primary_dim,
-                                       cfg.primary_kernel, cfg.primary_stride, squash=cfg.squash)
-        self.classes = TrainableDenseCapsules(cfg.primary_caps * h * w, cfg.primary_dim, num_classes,
-                                              cfg.class_dim, squash=cfg.squash, init_std=cfg.fc_init_std,
-                                              coupling_init=cfg.coupling_init, relu=cfg.caps_relu)
+        self.primary = self._primary(cfg)
+        if cfg.twin:
+            self.classes: nn.Module = DenseTwin(cfg.primary_caps * h * w, cfg.primary_dim, num_classes,
+                                                cfg.class_dim)
+        else:
+            self.classes = TrainableDenseCapsules(cfg.primary_caps * h * w, cfg.primary_dim, num_classes,
+                                                  cfg.class_dim, squash=cfg.squash, init_std=cfg.fc_init_std,
+                                                  coupling_init=cfg.coupling_init, relu=cfg.caps_relu)
         self._make_decoder(cfg, shape, num_classes, cfg.class_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,12 +164,15 @@ class ConvGCapsNet(_CapsuleNet):
         rows = cfg.primary_dim // cfg.caps_matrix
         self.class_dim = rows * cfg.caps_matrix
         self.conv = nn.Conv2d(C, cfg.conv_channels, cfg.conv_kernel)
-        self.primary = PrimaryCapsules(cfg.conv_channels, cfg.primary_caps, cfg.primary_dim,
-                                       cfg.primary_kernel, cfg.primary_stride, squash=cfg.squash)
-        self.classes = TrainableConvCapsules(cfg.primary_caps, cfg.primary_dim, num_classes, self.class_dim,
-                                             kernel_size=h, pose_rows=rows, input_size=(h, w),
-                                             squash=cfg.squash, relu=cfg.caps_relu,
-                                             init_std=cfg.conv_init_std, coupling_init=cfg.coupling_init)
+        self.primary = self._primary(cfg)
+        if cfg.twin:
+            self.classes: nn.Module = ConvTwin(cfg.primary_caps, cfg.primary_dim, num_classes, self.class_dim,
+                                               kernel_size=h)
+        else:
+            self.classes = TrainableConvCapsules(cfg.primary_caps, cfg.primary_dim, num_classes, self.class_dim,
+                                                 kernel_size=h, pose_rows=rows, input_size=(h, w),
+                                                 squash=cfg.squash, relu=cfg.caps_relu,
+                                                 init_std=cfg.conv_init_std, coupling_init=cfg.coupling_init)
         self._make_decoder(cfg, shape, num_classes, self.class_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +208,8 @@ class MultiLayerGCapsNet(_CapsuleNet):
             if _conv_out(h, k, s) < 1 or _conv_out(w, k, s) < 1:
                 raise _too_small("multilayer", H, W, f"a {h}x{w} capsule grid is smaller than a {k}x{k} kernel")
             per_position = (h, w) if cfg.ml_per_position_coupling else None
-            layers.append(TrainableConvCapsules(types, dim, out, dim, k, s, pose_rows=dim // q,
+            layers.append(ConvTwin(types, dim, out, dim, k, s) if cfg.twin else
+                          TrainableConvCapsules(types, dim, out, dim, k, s, pose_rows=dim // q,
                                                 input_size=per_position, squash=cfg.squash,
                                                 relu=cfg.caps_relu, init_std=cfg.conv_init_std,
                                                 coupling_init=cfg.coupling_init))
@@ -169,11 +217,15 @@ class MultiLayerGCapsNet(_CapsuleNet):
         if h < 1 or w < 1:
             raise _too_small("multilayer", H, W, "the convolutions leave no positions")
         self.caps = nn.ModuleList(layers)
-        self.classes = TrainableDenseCapsules(types * h * w, dim, num_classes, cfg.ml_class_dim,
-                                              squash=cfg.squash, init_std=cfg.fc_init_std,
-                                              coupling_init=cfg.coupling_init,
-                                              coupling_per_dim=cfg.ml_fc_coupling_per_dim, relu=cfg.caps_relu)
-        self.squash = get_squash(cfg.squash)
+        if cfg.twin:
+            self.classes: nn.Module = DenseTwin(types * h * w, dim, num_classes, cfg.ml_class_dim)
+        else:
+            self.classes = TrainableDenseCapsules(types * h * w, dim, num_classes, cfg.ml_class_dim,
+                                                  squash=cfg.squash, init_std=cfg.fc_init_std,
+                                                  coupling_init=cfg.coupling_init,
+                                                  coupling_per_dim=cfg.ml_fc_coupling_per_dim, relu=cfg.caps_relu)
+        # the twin's primary "capsules" are the last convolution's ReLU output as it is
+        self.squash = None if cfg.twin else get_squash(cfg.squash)
         self._make_decoder(cfg, shape, num_classes, cfg.ml_class_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,13 +233,17 @@ class MultiLayerGCapsNet(_CapsuleNet):
         y = self.convs(x)
         B, ch, h, w = y.shape
         # channel c -> capsule type c // dim, pose entry c % dim (PrimaryCapsules' order)
-        g = self.squash(y.view(B, ch // self.primary_dim, self.primary_dim, h, w).permute(0, 1, 3, 4, 2))
+        g = y.view(B, ch // self.primary_dim, self.primary_dim, h, w).permute(0, 1, 3, 4, 2)
+        if self.squash is not None:
+            g = self.squash(g)
         for layer in self.caps:
             g = layer(g)
         return self.classes(g.flatten(1, 3))
 
     def parameter_table(self) -> dict[str, int]:
         """Parameters per row of Chen et al.'s supplementary table 1 (for the two-layer default)."""
+        if self.squash is None:
+            raise ValueError("the twin has no capsule layers, so no rows of Chen et al.'s table")
         rows: dict[str, int] = {}
         for n, conv in enumerate(m for m in self.convs if isinstance(m, nn.Conv2d)):
             rows[f"Conv#{n + 1}"] = sum(p.numel() for p in conv.parameters())
@@ -252,7 +308,7 @@ def build_gcapsnet(cfg: GCapsNetConfig, shape: tuple[int, int, int], num_classes
 def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: GCapsNetConfig):
     """Training loss on images ``x`` [B, C, H, W] and labels ``y`` [B]; returns (loss, parts).
 
-    Capsule networks: margin loss on the capsule lengths (+ ``recon_weight`` x per-image summed
+    Capsule networks: margin loss on the capsule lengths (twin: GroupScores) (+ ``recon_weight`` x per-image summed
     squared reconstruction error of the true class's capsule, with a decoder). Baseline:
     cross-entropy on the logits. ``parts["scores"]`` holds the [B, K] class scores.
     """
@@ -261,9 +317,9 @@ def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg:
         ce = F.cross_entropy(logits, y)
         return ce, {"cross_entropy": ce, "scores": logits}
     poses = model(x)
-    lengths = safe_norm(poses)
-    margin = margin_loss(lengths, y, cfg.m_pos, cfg.m_neg, cfg.lam)
-    parts = {"margin": margin, "scores": lengths}
+    scores = model.scores(poses)
+    margin = margin_loss(scores, y, cfg.m_pos, cfg.m_neg, cfg.lam)
+    parts = {"margin": margin, "scores": scores}
     loss = margin
     if model.has_decoder:
         sse = (model.decode(poses, y) - x).pow(2).flatten(1).sum(1).mean()

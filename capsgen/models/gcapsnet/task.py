@@ -21,7 +21,6 @@ from capsgen.data.batch import Batch
 from capsgen.models.common import random_shift, require_labels, set_step_lr, step_dropout_rng
 from capsgen.models.gcapsnet.config import PAPER_PARAMETER_COUNTS, PAPER_SHAPES, GCapsNetConfig, rounds_to
 from capsgen.models.gcapsnet.nets import build_gcapsnet, classification_loss, count_parameters
-from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
 from capsgen.train.capabilities import Classifying
 from capsgen.train.distributed import SINGLE, Distributed
@@ -35,6 +34,8 @@ class GCapsNetTask(Task, Classifying):
     """A G-CapsNet (FC, conv, multi-layer) or its CNN baseline. Module and optimizer: ``model``."""
 
     best_metric, best_mode = "test_error", "min"
+    # where the twin differs (capsgen.models.gcapsnet.nets); multilayer has no "primary" module
+    TWIN_PARTS = ("model.primary", "model.caps", "model.classes", "model.score")
 
     def __init__(self, config: GCapsNetConfig, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):
@@ -62,7 +63,7 @@ class GCapsNetTask(Task, Classifying):
 
     # ------------------------------------------------------------------------------ using a run
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Capsule lengths (capsule networks) or logits (baseline), [B, K]; differentiable."""
+        """Capsule lengths (capsule networks; twin: GroupScores) or logits (baseline), [B, K]; differentiable."""
         return self.model.class_scores(images)
 
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +73,7 @@ class GCapsNetTask(Task, Classifying):
         for k in range(0, len(images), EVAL_BATCH):
             out = self.model(images[k:k + EVAL_BATCH].to(self.device))
             outs.append(out.float().cpu())
-            scores.append((out if self.model.score_kind == "logit" else safe_norm(out)).float().cpu())
+            scores.append((out if self.model.score_kind == "logit" else self.model.scores(out)).float().cpu())
         return torch.cat(outs), torch.cat(scores)
 
     def error_on(self, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -116,12 +117,14 @@ class GCapsNetTask(Task, Classifying):
 
     def describe(self) -> dict[str, Any]:
         """This network's parameter count beside the one Chen et al. print for its preset (when the
-        run is a paper preset on the paper's image shape; otherwise ``paper`` is None)."""
+        run is a paper preset on the paper's image shape and not the twin, whose count the paper
+        does not give; otherwise ``paper`` is None)."""
         cfg = self.config
         ours = count_parameters(self.model)
         entry = next((e for e in PAPER_PARAMETER_COUNTS if e.preset == cfg.preset and e.part == "total"), None)
-        same_shape = entry is not None and tuple(self.info.shape) == PAPER_SHAPES[cfg.preset]
-        return {"arch": cfg.arch, "preset": cfg.preset or None, "reconstruction": bool(self.model.has_decoder),
+        same_shape = entry is not None and tuple(self.info.shape) == PAPER_SHAPES[cfg.preset] and not cfg.twin
+        return {"arch": cfg.arch, "preset": cfg.preset or None, "twin": cfg.twin,
+                "reconstruction": bool(self.model.has_decoder),
                 "params": ours, "paper": entry.paper if same_shape else None,
                 "matches_paper": rounds_to(ours, entry.paper) if same_shape else None,
                 "note": entry.note if same_shape else ""}
