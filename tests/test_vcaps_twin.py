@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from capsgen.cli import main
 from capsgen.data.batch import Batch
 from capsgen.models.vcaps.config import VCapsConfig
-from capsgen.models.vcaps.nets import ConvCapsuleEncoder, FCDecoder, ResidualCapsuleEncoder
+from capsgen.models.vcaps.nets import (ConvCapsuleEncoder, FCDecoder, ResidualCapsuleEncoder,
+                                      VariationalCapsuleAutoencoder)
 from capsgen.models.vcaps.task import VCapsTask
 from capsgen.nn.twins_vcaps import GaussianLatent, conditioned_first_layer
 from capsgen.nn.variational import VariationalCapsules, capsule_kl, reconstruction_loss
@@ -109,6 +110,8 @@ def test_twin_reads_the_capsule_models_head_as_one_latent(grouped):
     # the same weights up to the class head, and the same numbers in the same order
     assert torch.equal(tmu, mu.flatten(1)) and torch.equal(tlogvar, logvar.flatten(1))
     assert logits.shape == (2, 3 if grouped else 4)
+    with pytest.raises(ValueError, match="capsule model's pass"):
+        VariationalCapsuleAutoencoder(twin, FCDecoder((1, 8, 8), (4,), 3, condition_dim=4))(x)
 
 
 def test_condition_enters_the_first_layer_as_a_concatenation():
