@@ -73,17 +73,19 @@ class ConvOnly(nn.Module):
         return self.head(self.conv2(self.act(self.conv(x))).mean(dim=(2, 3)))
 
 
-def interleaved(variants: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each variant, timed A B A B … after ``warmup`` untimed rounds."""
+def interleaved(variants: dict[str, Callable[[], None]], warmup: int, repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds per call of each variant, timed A B A B … after ``warmup`` untimed rounds;
+    ``clock`` = time.thread_time counts this thread's CPU seconds (one-thread runs on a busy machine)."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 # Defaults of the KL margin loss (eq. 3). The paper gives no values.
@@ -156,6 +159,36 @@ def sample_prior_capsules(mask: torch.Tensor, dim: int,
     return mask_capsules(z, mask)
 
 
+class VariationalCapsules(nn.Module):
+    """The capsule layer of a variational capsule network: reads an encoder head's output as the
+    posteriors of ``caps`` Gaussian capsules of ``dim`` dimensions (no parameters of its own; the
+    head that feeds it is an ordinary Linear or convolution).
+
+    ``head_out`` holds 2 * prod(caps) * dim numbers per image, either as [B, 2 * prod(caps) * dim]
+    laid out (mean | log-variance, *caps, dim) — the digit encoder's F(2 K D), means first — or,
+    with ``grouped``, as [B, caps[0] * 2 * prod(caps[1:]) * dim, 1, 1] laid out (caps[0], mean |
+    log-variance, *caps[1:], dim) — one group per entity, the face encoder's grouped convolution.
+    forward -> (mu, logvar), each [B, *caps, dim]. ``features`` (the head's input) is unused; the
+    twin's reader (:class:`capsgen.nn.twins_vcaps.GaussianLatent`) takes its class head from it.
+    """
+
+    def __init__(self, caps: Sequence[int], dim: int, grouped: bool = False):
+        super().__init__()
+        self.caps, self.dim, self.grouped = tuple(int(c) for c in caps), int(dim), grouped
+
+    def forward(self, head_out: torch.Tensor, features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        B = head_out.shape[0]
+        if self.grouped:
+            out = head_out.view(B, self.caps[0], 2, *self.caps[1:], self.dim)
+            return out[:, :, 0], out[:, :, 1]
+        out = head_out.view(B, 2, *self.caps, self.dim)
+        return out[:, 0], out[:, 1]
+
+    def extra_repr(self) -> str:
+        return f"caps={self.caps}, dim={self.dim}, grouped={self.grouped}, numbers={2 * math.prod(self.caps) * self.dim}"
+
+
 # --------------------------------------------------------------------------- image losses
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, kind: str = "mse") -> torch.Tensor:
     """Per-image sum over pixels, averaged over the batch (so it adds to eq. 3 per image).
@@ -200,7 +233,7 @@ def lsgan_g_loss(fake_out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tenso
 
 
 __all__ = [
-    "DEFAULT_KL_MARGIN", "DEFAULT_KL_LAMBDA", "MASKS", "capsule_kl", "target_mask",
+    "DEFAULT_KL_MARGIN", "DEFAULT_KL_LAMBDA", "MASKS", "VariationalCapsules", "capsule_kl", "target_mask",
     "kl_margin_loss", "min_kl_mask", "predict_from_kl", "reparameterize", "standard_normal",
     "mask_capsules", "training_mask", "sample_prior_capsules", "reconstruction_loss",
     "lsgan_d_loss", "lsgan_g_loss",

@@ -37,7 +37,31 @@ class VCapsConfig(FamilyConfig):
     """``vcaps``: encoder -> Gaussian capsules -> mask -> decoder (+ optional LSGAN discriminator).
 
     Loss (eq. 6): L_c (KL margin loss, eq. 3) + alpha * reconstruction + beta * adversarial.
+
+    ``twin`` (``capsgen train vcaps --twin``): the matched conditional VAE (``TWIN``). The same
+    encoder body and head, decoder, discriminator, alpha, reconstruction loss, batch and rates;
+    the head's 2 P D numbers (P = K, or 2 A capsules of D) are read as one Gaussian latent of
+    P D dimensions instead of P capsules, a class head on the head's input predicts what the
+    least KL predicted, L_c becomes the latent's KL + that head's cross-entropy (the capsule
+    model's present capsule is pulled to the prior with weight 1, so is the latent), and the
+    decoder reads [latent, one-hot class or attribute vector] through its unchanged first layer
+    plus a condition Linear. The latent has P D dimensions, not D, so that the encoder head and
+    the decoder's first layer keep their shapes (a D-dim latent would drop a (K - 1) / K share
+    of both, 37 % of the default model's weights): the twin then has the capsule model's weights
+    plus its class head and condition input (+1.4 % at the defaults). The KL of a VAE with
+    alpha = 1 leaves unused dimensions at the prior, so the extra dimensions cost nothing the
+    data does not pay for. ``kl_margin``, ``kl_lambda`` and ``presence_vectors`` act on the
+    absent capsules and the mask only (CAPSULE_FIELDS); ``train_mask`` applies to both
+    ("min-kl": the decoder is told the encoder's own prediction, for the twin its class head's).
     """
+
+    TWIN: ClassVar[str] = ("a conditional VAE: the encoder's same head read as one Gaussian latent of as many "
+                           "numbers (P x D, one KL) instead of P capsules with a KL each, a class (attribute) "
+                           "head beside it instead of least-KL prediction and the KL margin, and the decoder "
+                           "reading [latent, one-hot class or attribute vector] through the same first layer plus "
+                           "a condition input instead of the masked capsules; encoder body, decoder, "
+                           "discriminator, alpha, reconstruction loss, batch and rates unchanged")
+    CAPSULE_FIELDS: ClassVar[tuple[str, ...]] = ("kl_margin", "kl_lambda", "presence_vectors")
 
     preset: str = ""                  # the preset these values came from (informational)
     # "class": one capsule per class (needs labels); "attributes": a (absent, present) pair per

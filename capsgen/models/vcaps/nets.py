@@ -28,6 +28,21 @@ size stays even and >= 4 (64 -> 4 after four halvings: C5s1-16d, R32d, R64d, R12
 channels base * 2^i capped at ``max_channels``; the last convolution spans what is left.
 The decoder mirrors the encoder: F(c * s * s) to the encoder's last (c, s, s), one R..u per
 halving with halving channels, R(base), then c5s1-C.
+
+The capsule part, and the twin (``twin=True``, ``capsgen train vcaps --twin``): each encoder ends
+in an ordinary head (F(2 P D), or the grouped convolution) and a parameter-free
+:class:`~capsgen.nn.variational.VariationalCapsules` that reads the head's numbers as P capsules'
+(mu, logvar); the decoders read the masked capsules. The twin is a conditional VAE with the same
+encoder and decoder: its :class:`~capsgen.nn.twins_vcaps.GaussianLatent` reads the same head as
+ONE Gaussian latent of P * D dimensions and adds a class head on the head's input (Linear(F, K)
+for the digit encoder; for the face encoder a grouped convolution of the same grouping and
+kernel as the capsule head, one logit per group), so the encoder returns (mu, logvar [B, P D],
+logits [B, G]); the decoders take [latent, condition] [B, P D + G] (G = K one-hot classes or A
+attribute bits) through their first layer unchanged on the latent plus a ``condition`` Linear
+(G -> that layer's width, no bias). Why this is the fair counterpart and the least change: the
+encoder body and head, the decoder and their shapes are the capsule model's; only the reading
+of the head (capsules with a KL each vs one latent), the class read-out (least KL vs a class
+head) and how the class reaches the decoder (which capsule is unmasked vs a one-hot input) differ.
 """
 from __future__ import annotations
 
@@ -37,7 +52,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from capsgen.nn.variational import capsule_kl, mask_capsules, reparameterize, training_mask
+from capsgen.nn.twins_vcaps import GaussianLatent, conditioned_first_layer
+from capsgen.nn.variational import (VariationalCapsules, capsule_kl, mask_capsules, reparameterize,
+                                    training_mask)
 
 
 def halvings(h: int, w: int, min_size: int = 4) -> int:
@@ -72,12 +89,14 @@ class ConvCapsuleEncoder(nn.Module):
 
     ``padding`` 2 keeps 5x5 convolutions "same", so the size halves exactly at each stride 2
     (28 -> 28 -> 14 -> 7, 8 -> 8 -> 4 -> 2); the paper does not say (padding 0 gives
-    28 -> 24 -> 10 -> 3 and fails below 13x13).
+    28 -> 24 -> 10 -> 3 and fails below 13x13). ``twin``: (mu, logvar [B, P D], class logits
+    [B, caps[0]]) from the same layers plus a class head Linear(F, caps[0]) (see the module doc).
     """
 
     def __init__(self, shape: tuple[int, int, int], caps: Sequence[int] = (10,), caps_dim: int = 16,
                  channels: Sequence[int] = (256, 256, 256), kernel: int = 5,
-                 strides: Sequence[int] = (1, 2, 2), padding: int = 2, batch_norm: bool = True):
+                 strides: Sequence[int] = (1, 2, 2), padding: int = 2, batch_norm: bool = True,
+                 twin: bool = False):
         super().__init__()
         self.caps, self.caps_dim = _check_caps(caps, caps_dim), caps_dim
         if len(channels) != len(strides):
@@ -93,18 +112,23 @@ class ConvCapsuleEncoder(nn.Module):
                 raise ValueError(f"image {shape} is too small for the encoder's convolutions")
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c * h * w, 2 * math.prod(self.caps) * caps_dim)
+        # the head's 2 P D numbers, means first, then log-variances, read as capsules or the twin's latent
+        self.posterior = (GaussianLatent(self.caps, caps_dim, nn.Linear(c * h * w, self.caps[0])) if twin
+                          else VariationalCapsules(self.caps, caps_dim))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.fc(self.features(x).flatten(1))
-        out = out.view(x.shape[0], 2, *self.caps, self.caps_dim)  # means first, then log-variances
-        return out[:, 0], out[:, 1]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.features(x).flatten(1)
+        return self.posterior(self.fc(h), h)
 
 
 class FCDecoder(nn.Module):
-    """Masked capsules [B, *caps, D] -> images [B, C, H, W] in [0, 1] (paper: F512, F1024, F784)."""
+    """Masked capsules [B, *caps, D] -> images [B, C, H, W] in [0, 1] (paper: F512, F1024, F784).
+
+    With ``condition_dim`` G (the twin): inputs [B, P D + G] = [latent, condition], the condition
+    entering the first layer through ``condition`` (Linear(G, width), no bias)."""
 
     def __init__(self, shape: tuple[int, int, int], caps: Sequence[int] = (10,), caps_dim: int = 16,
-                 hidden: Sequence[int] = (512, 1024)):
+                 hidden: Sequence[int] = (512, 1024), condition_dim: int = 0):
         super().__init__()
         self.shape = tuple(shape)
         n_in = math.prod(_check_caps(caps, caps_dim)) * caps_dim
@@ -114,9 +138,14 @@ class FCDecoder(nn.Module):
             n_in = width
         layers += [nn.Linear(n_in, math.prod(self.shape)), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
+        self.condition = (nn.Linear(condition_dim, self.net[0].out_features, bias=False)
+                          if condition_dim else None)
 
     def forward(self, capsules: torch.Tensor) -> torch.Tensor:
-        return self.net(capsules.flatten(1)).view(capsules.shape[0], *self.shape)
+        if self.condition is None:
+            return self.net(capsules.flatten(1)).view(capsules.shape[0], *self.shape)
+        h = conditioned_first_layer(self.net[0], self.condition, capsules)
+        return self.net[1:](h).view(capsules.shape[0], *self.shape)
 
 
 # ----------------------------------------------------------------------------- §4.1 faces
@@ -151,10 +180,12 @@ class ResidualCapsuleEncoder(nn.Module):
 
     The capsules come from one grouped convolution with one group per ``caps[0]`` (per
     attribute): each group outputs, in order, (mean, log-variance) x caps[1:] x D numbers.
+    ``twin``: (mu, logvar [B, P D], logits [B, caps[0]]), the logits from a second grouped
+    convolution of the same groups and kernel with one output per group (see the module doc).
     """
 
     def __init__(self, shape: tuple[int, int, int], caps: Sequence[int] = (40, 2), caps_dim: int = 32,
-                 base: int = 16, max_channels: int = 512, group_width: int = 256):
+                 base: int = 16, max_channels: int = 512, group_width: int = 256, twin: bool = False):
         super().__init__()
         self.caps, self.caps_dim = _check_caps(caps, caps_dim), caps_dim
         widths, final = residual_widths(shape, base, max_channels)
@@ -166,17 +197,25 @@ class ResidualCapsuleEncoder(nn.Module):
         layers += [conv_bn_relu(widths[-1], groups * group_width, 1),
                    nn.Conv2d(groups * group_width, groups * per_group, final, groups=groups)]
         self.net = nn.Sequential(*layers)
+        self.posterior = (GaussianLatent(self.caps, caps_dim, nn.Conv2d(groups * group_width, groups, final,
+                                                                       groups=groups), grouped=True) if twin
+                          else VariationalCapsules(self.caps, caps_dim, grouped=True))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(x).view(x.shape[0], self.caps[0], 2, *self.caps[1:], self.caps_dim)
-        return out[:, :, 0], out[:, :, 1]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        *body, head = self.net     # the same layers as self.net(x), keeping the head's input
+        h = x
+        for layer in body:
+            h = layer(h)
+        return self.posterior(head(h), h)
 
 
 class ResidualCapsuleDecoder(nn.Module):
-    """Masked capsules [B, *caps, D] -> images [B, C, S, S] in [0, 1] (paper §4.1, mirrored encoder)."""
+    """Masked capsules [B, *caps, D] -> images [B, C, S, S] in [0, 1] (paper §4.1, mirrored encoder).
+
+    ``condition_dim``: as for :class:`FCDecoder` (the twin's [latent, condition] inputs)."""
 
     def __init__(self, shape: tuple[int, int, int], caps: Sequence[int] = (40, 2), caps_dim: int = 32,
-                 base: int = 16, max_channels: int = 512, upsample: str = "nearest"):
+                 base: int = 16, max_channels: int = 512, upsample: str = "nearest", condition_dim: int = 0):
         super().__init__()
         widths, final = residual_widths(shape, base, max_channels)
         widths = widths[::-1]
@@ -191,10 +230,14 @@ class ResidualCapsuleDecoder(nn.Module):
             c = width
         layers += [ResidualBlock(c, base), nn.Conv2d(base, shape[0], 5, 1, 2), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
+        self.condition = nn.Linear(condition_dim, self.fc[0].out_features, bias=False) if condition_dim else None
 
     def forward(self, capsules: torch.Tensor) -> torch.Tensor:
-        h = self.fc(capsules.flatten(1)).view(capsules.shape[0], *self.start)
-        return self.net(h)
+        if self.condition is None:
+            h = self.fc(capsules.flatten(1))
+        else:
+            h = self.fc[1](conditioned_first_layer(self.fc[0], self.condition, capsules))
+        return self.net(h.view(capsules.shape[0], *self.start))
 
 
 # ----------------------------------------------------------------------------- discriminators
@@ -290,6 +333,9 @@ class VariationalCapsuleAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, mask: str = "min-kl",
                 generator: torch.Generator | None = None, sample: bool = True) -> dict[str, torch.Tensor]:
+        if isinstance(self.encoder.posterior, GaussianLatent):
+            raise ValueError("forward is the capsule model's pass (Figure 1); a twin is driven by "
+                             "capsgen.models.vcaps.codes.TwinCode")
         mu, logvar = self.encoder(x)
         kl = capsule_kl(mu, logvar)
         m = training_mask(kl, targets, mask)
@@ -315,18 +361,21 @@ def capsule_layout(mode: str, num_classes: int | None = None, num_attributes: in
 def build_networks(cfg, shape: tuple[int, int, int], caps: Sequence[int],
                    network: str) -> tuple[VariationalCapsuleAutoencoder, MultiScaleDiscriminator | None]:
     """The autoencoder for ``network`` ("conv" or "residual", resolved by ``VCapsConfig.resolve``)
-    and, when ``cfg.beta > 0``, the LSGAN discriminator (else None). ``cfg`` is a VCapsConfig."""
-    D = cfg.caps_dim
+    and, when ``cfg.beta > 0``, the LSGAN discriminator (else None). ``cfg`` is a VCapsConfig;
+    ``cfg.twin`` builds the conditional-VAE twin (module doc), which has no presence vectors."""
+    D, twin = cfg.caps_dim, cfg.twin
+    condition = caps[0] if twin else 0
     if network == "conv":
         enc = ConvCapsuleEncoder(shape, caps, D, cfg.enc_channels, cfg.enc_kernel, cfg.enc_strides,
-                                 cfg.enc_padding)
-        dec = FCDecoder(shape, caps, D, cfg.dec_hidden)
+                                 cfg.enc_padding, twin=twin)
+        dec = FCDecoder(shape, caps, D, cfg.dec_hidden, condition_dim=condition)
     elif network == "residual":
-        enc = ResidualCapsuleEncoder(shape, caps, D, cfg.res_base, cfg.res_max_channels, cfg.res_group_width)
-        dec = ResidualCapsuleDecoder(shape, caps, D, cfg.res_base, cfg.res_max_channels)
+        enc = ResidualCapsuleEncoder(shape, caps, D, cfg.res_base, cfg.res_max_channels, cfg.res_group_width,
+                                     twin=twin)
+        dec = ResidualCapsuleDecoder(shape, caps, D, cfg.res_base, cfg.res_max_channels, condition_dim=condition)
     else:
         raise ValueError(f"unknown network {network!r}; choose conv or residual")
     disc = (MultiScaleDiscriminator(shape, cfg.d_scales, cfg.d_width, cfg.d_layers, cfg.d_norm)
             if cfg.beta > 0 else None)
-    presence = (*caps, D) if cfg.presence_vectors else None
+    presence = (*caps, D) if cfg.presence_vectors and not twin else None
     return VariationalCapsuleAutoencoder(enc, dec, presence), disc

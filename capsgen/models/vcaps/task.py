@@ -30,6 +30,12 @@ CelebA's correlated attributes come in real combinations (before any training st
 gets no images) walks linearly between two such prior draws, masked capsules and all, because a
 reopened run reads no data; ``write_figures``, which has the test images, interpolates between
 the encodings of two test images as the paper's figure 7 does.
+
+The twin (``model.twin``, a conditional VAE with the same encoder and decoder) runs through the
+same code: what differs — the latent, its KL, prediction, the encoder loss, the decoder input —
+is the run's :mod:`~capsgen.models.vcaps.codes` object, so steps 1-4, sampling, interpolation,
+figures and ``evaluate`` (the same metric names) are shared. In step 4 the twin's L_c is the
+latent's KL plus its class head's cross-entropy.
 """
 from __future__ import annotations
 
@@ -42,11 +48,10 @@ import numpy as np
 import torch
 
 from capsgen.data.batch import Batch
+from capsgen.models.vcaps.codes import CapsuleCode, Posterior, TwinCode
 from capsgen.models.vcaps.config import VCapsConfig
 from capsgen.models.vcaps.nets import build_networks, capsule_layout
-from capsgen.nn.variational import (capsule_kl, kl_margin_loss, lsgan_d_loss, lsgan_g_loss,
-                                    min_kl_mask, predict_from_kl, reconstruction_loss, target_mask,
-                                    training_mask)
+from capsgen.nn.variational import lsgan_d_loss, lsgan_g_loss, reconstruction_loss, target_mask
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import (AttributeConditional, AttributePredicting, ClassConditional, Classifying,
                                         Generative)
@@ -87,7 +92,10 @@ class AttributeBank(torch.nn.Module):
 class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classifying, AttributePredicting):
     """Variational capsule network (Huang et al.). Modules: autoencoder (encoder + decoder),
     discriminator when ``beta > 0``, attribute_bank in attribute mode; optimizers: Adam for the
-    autoencoder and the discriminator."""
+    autoencoder and the discriminator. The twin differs in the encoder's reader of its head and
+    the decoder's condition input (TWIN_PARTS), and in ``self.code``."""
+
+    TWIN_PARTS = ("autoencoder.encoder.posterior", "autoencoder.decoder.condition")
 
     def __init__(self, config: VCapsConfig, info: DataInfo, device: torch.device, dist: Distributed = SINGLE):
         super().__init__(config, info, device, dist)
@@ -100,6 +108,8 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
             ae = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ae)
             disc = None if disc is None else torch.nn.SyncBatchNorm.convert_sync_batchnorm(disc)
         self.ae = ae.to(self.device)
+        self.code = (TwinCode(self.ae, self.caps, cfg.caps_dim) if cfg.twin
+                     else CapsuleCode(self.ae, self.caps, cfg.caps_dim, cfg.kl_margin, cfg.kl_lambda))
         self.D = None if disc is None else disc.to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.modules = {"autoencoder": self.ae}
@@ -116,9 +126,11 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         self.recon_scale = 1.0 if cfg.alpha_pixels is None else cfg.alpha_pixels / math.prod(info.shape)
         self.best_metric = "test_error" if self.mode == "class" else "attribute_error"
         self.best_mode = "min"
-        # the fixed capsules and targets of the progress grids (never the global RNG)
+        # the fixed latents and targets of the progress grids (never the global RNG); the twin's
+        # latent has as many numbers as the capsules, so it gets the same draws (and targets)
         g = torch.Generator().manual_seed(cfg.fixed_seed)
-        self.fixed_caps = torch.randn(cfg.n_fixed, *self.caps, cfg.caps_dim, generator=g)
+        self.fixed_latent = torch.randn(cfg.n_fixed, *self.caps, cfg.caps_dim, generator=g).reshape(
+            cfg.n_fixed, *self.code.latent_shape)
         self.fixed_targets = (torch.arange(cfg.n_fixed) % info.num_classes if self.mode == "class"
                               else (torch.rand(cfg.n_fixed, info.num_attributes, generator=g) < 0.5).long())
 
@@ -137,9 +149,10 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         return t.long()
 
     def _noise(self, ctx: StepContext, n: int, like: torch.Tensor) -> torch.Tensor:
-        """N(0, I) [n, *caps, D] for this process's n rows, drawn for the global batch."""
+        """N(0, I) [n, *latent] (capsules [*caps, D]; the twin's [P D], the same numbers) for this
+        process's n rows, drawn for the global batch."""
         total = ctx.global_batch or n
-        eps = torch.randn(total, *self.caps, self.config.caps_dim, generator=ctx.generator)[ctx.rank_slice]
+        eps = torch.randn(total, *self.code.latent_shape, generator=ctx.generator)[ctx.rank_slice]
         if len(eps) != n:
             raise ValueError(f"rank slice {ctx.rank_slice} of {total} gives {len(eps)} rows, not the batch's {n}")
         return eps.to(like.device, like.dtype)
@@ -158,18 +171,18 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         n = len(x)
         eps = self._noise(ctx, n, x)
         z = self._noise(ctx, n, x) if self.D is not None else None
-        mu, logvar = self.ae.encoder(x)
-        kl = capsule_kl(mu.float(), logvar.float())                               # [B, *caps]
-        mask = training_mask(kl, t, cfg.train_mask)
-        caps = self.ae.masked(mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar), mask)
-        recon = self.ae.decoder(caps)
-        l_c = kl_margin_loss(kl, t, cfg.kl_margin, cfg.kl_lambda)
+        post = self.code.read(self.ae.encoder(x))
+        mu, logvar = post.mu, post.logvar
+        mask = self.code.training_mask(post, t, cfg.train_mask)                   # [B, *caps]
+        recon = self.ae.decoder(self.code.decoder_input(mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar), mask))
+        l_c, parts = self.code.loss(post, t)
         l_rec = self._recon_loss(recon, x)
         loss = l_c + cfg.alpha * self.recon_scale * l_rec
         out: dict[str, float] = {}
         if self.D is not None:
             # generation path of eq. 5: prior capsules masked by the batch's own targets
-            fake = self.ae.decoder(self.ae.masked(z.to(mu.dtype), target_mask(t, kl.shape, mu.dtype)))
+            fake = self.ae.decoder(self.code.decoder_input(z.to(mu.dtype),
+                                                           target_mask(t, (n, *self.caps), mu.dtype)))
             d_loss = lsgan_d_loss(self.D(x), self.D(fake.detach()))
             out["d_loss"] = d_loss.item()
             out["d_grad_norm"] = self.optimizer_step("discriminator", d_loss)
@@ -182,12 +195,9 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
             out["g_adv"] = g_adv.item()
         out["grad_norm"] = self.optimizer_step("autoencoder", loss)
         with torch.no_grad():
-            tm = target_mask(t, kl.shape, kl.dtype)
-            right = (predict_from_kl(kl) == t).float().mean()
-            out.update({"loss": loss.item(), "kl_margin": l_c.item(), "recon": l_rec.item(),
-                        "accuracy": right.item(),
-                        "kl_active": ((kl * tm).sum() / tm.sum()).item(),
-                        "kl_inactive": ((kl * (1 - tm)).sum() / (1 - tm).sum().clamp_min(1)).item()})
+            right = (self.code.predict(post) == t).float().mean()
+            out.update({"loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "recon": l_rec.item(),
+                        "accuracy": right.item(), **self.code.figures(post, t)})
         return out
 
     # ------------------------------------------------------------------------------ analysis
@@ -202,51 +212,52 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         finally:
             self.ae.train(was)
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mu, logvar [N, *caps, D], kl [N, *caps]) on the CPU for images [N, C, H, W] in [0, 1]."""
-        mus, logvars = [], []
+    def encode(self, images: torch.Tensor) -> Posterior:
+        """The posterior (on the CPU, float32) of images [N, C, H, W] in [0, 1]."""
+        chunks = []
         with self._eval():
             for k in range(0, len(images), CHUNK):
-                mu, logvar = self.ae.encoder(images[k:k + CHUNK].to(self.device))
-                mus.append(mu.float().cpu())
-                logvars.append(logvar.float().cpu())
-        mu, logvar = torch.cat(mus), torch.cat(logvars)
-        return mu, logvar, capsule_kl(mu, logvar)
+                chunks.append([t.float().cpu() for t in self.ae.encoder(images[k:k + CHUNK].to(self.device))])
+        return self.code.read(tuple(torch.cat(parts) for parts in zip(*chunks)))
 
     def decode(self, capsules: torch.Tensor) -> torch.Tensor:
-        """Images [N, C, H, W] in [0, 1] on the CPU from masked capsules [N, *caps, D]."""
+        """Images [N, C, H, W] in [0, 1] on the CPU from decoder inputs: masked capsules [N, *caps, D]
+        (the twin's [latent, condition] [N, P D + G])."""
         with self._eval():
             parts = [self.ae.decoder(capsules[k:k + CHUNK].to(self.device)).float().cpu()
                      for k in range(0, len(capsules), CHUNK)]
         return torch.cat(parts) if parts else torch.empty(0, *self.info.shape)
 
+    def predicted_input(self, post: Posterior) -> torch.Tensor:
+        """The decoder input of the posterior means under the predicted (least-KL) mask."""
+        return self.code.decoder_input(post.mu, self.code.predicted_mask(post))
+
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions [N, C, H, W] from the means of the predicted (least-KL) capsules."""
-        mu, _, kl = self.encode(images)
-        return self.decode(self.ae.masked(mu, min_kl_mask(kl)))
+        return self.decode(self.predicted_input(self.encode(images)))
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """-KL of every class capsule [B, K] (higher = more likely; argmax = least KL) for images on
-        ``self.device``; differentiable with respect to the images."""
+        """-KL of every class capsule [B, K] (higher = more likely; argmax = least KL; the twin: its
+        class head's logits) for images on ``self.device``; differentiable with respect to the images."""
         if self.mode != "class":
             raise ValueError("class scores need a class-mode run")
-        return -capsule_kl(*self.ae.encoder(images))
+        return self.code.class_scores(self.ae.encoder(images))
 
     def attribute_probs(self, images: torch.Tensor) -> torch.Tensor:
         """sigmoid(KL_absent - KL_present) [B, A]: above 1/2 exactly when the least-KL capsule of
-        the pair is "present" (a score with the paper's decision rule, not a calibrated probability)."""
+        the pair is "present" (a score with the paper's decision rule, not a calibrated probability;
+        the twin: the sigmoid of its attribute head)."""
         if self.mode != "attributes":
             raise ValueError("attribute probabilities need an attribute-mode run")
-        kl = capsule_kl(*self.ae.encoder(images))
-        return torch.sigmoid(kl[..., 0] - kl[..., 1])
+        return self.code.attribute_probs(self.ae.encoder(images))
 
     def evaluate(self, batch: Batch) -> dict[str, float]:
         """On the first ``eval_n`` test images: test error (class mode) or the mean attribute error
         and accuracy (attribute mode) of least-KL prediction, and the reconstruction error of eq. 4
         (1/2 squared error per image) from the predicted capsules' means."""
         b = batch[: self.config.eval_n]
-        mu, _, kl = self.encode(b.images)
-        pred = predict_from_kl(kl)
+        post = self.encode(b.images)
+        pred = self.code.predict(post)
         out: dict[str, float] = {"n": len(b)}
         if self.mode == "class":
             out["test_error"] = (pred != b.labels).float().mean().item()
@@ -255,10 +266,10 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
             out["attribute_accuracy"] = acc.mean().item()
             out["attribute_error"] = 1.0 - out["attribute_accuracy"]
             out["worst_attribute_accuracy"] = acc.min().item()
-        recon = self.decode(self.ae.masked(mu, min_kl_mask(kl)))
+        m = self.code.predicted_mask(post)
+        recon = self.decode(self.code.decoder_input(post.mu, m))
         out["recon_error"] = 0.5 * (recon - b.images).pow(2).flatten(1).sum(1).mean().item()
-        m = min_kl_mask(kl)
-        out["kl_predicted"] = ((kl * m).sum() / m.sum()).item()   # mean KL of a predicted capsule
+        out["kl_predicted"] = self.code.decoded_kl(post, m)   # mean KL of a predicted capsule (twin: the latent)
         return out
 
     # ------------------------------------------------------------------------------ generation
@@ -277,8 +288,11 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
     def generate(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One image per target (class or attribute row): prior capsules through its mask (§3.3)."""
         mask = self.sample_masks(torch.as_tensor(targets).cpu())
-        z = torch.randn(*mask.shape, self.config.caps_dim, generator=generator)
-        return self.decode(self.ae.masked(z, mask))
+        return self.decode(self.code.decoder_input(self.prior(len(mask), generator), mask))
+
+    def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n draws [n, *latent] from the prior N(0, I) (capsules [*caps, D]; the twin's [P D])."""
+        return torch.randn(n, *self.code.latent_shape, generator=generator)
 
     def random_targets(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n uniform classes [n], or n attribute vectors [n, A] from the attribute bank."""
@@ -313,31 +327,26 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         ends = []
         for _ in range(2):
             mask = self.sample_masks(self.random_targets(rows, generator))
-            ends.append(self.ae.masked(torch.randn(*mask.shape, self.config.caps_dim, generator=generator), mask))
+            ends.append(self.code.decoder_input(self.prior(rows, generator), mask))
         return self.decode(self.lerp_rows(ends[0], ends[1], cols))
 
     def interpolate_images(self, a: torch.Tensor, b: torch.Tensor, cols: int) -> torch.Tensor:
         """Paper figure 7: rows between the encodings of images a[r] and b[r] [R, C, H, W] —
         each image's masked mean capsules (least-KL mask), interpolated linearly."""
-        mu, _, kl = self.encode(torch.cat([a, b]))
-        caps = self.ae.masked(mu, min_kl_mask(kl))
+        caps = self.predicted_input(self.encode(torch.cat([a, b])))
         return self.decode(self.lerp_rows(caps[: len(a)], caps[len(a):], cols))
 
     def swap_attributes(self, a: torch.Tensor, b: torch.Tensor, count: int) -> torch.Tensor:
         """For each pair (a[r], b[r]): a's reconstruction with the capsule pair of attribute j taken
-        from b (mask and mean), j = 0..count-1 -> [R, count, C, H, W]."""
-        mu, _, kl = self.encode(torch.cat([a, b]))
-        caps = self.ae.masked(mu, min_kl_mask(kl))
-        ca, cb = caps[: len(a)], caps[len(a):]
-        out = ca.unsqueeze(1).repeat(1, count, *([1] * (ca.dim() - 1)))   # [R, count, A, 2, D]
-        j = torch.arange(count)
-        out[:, j, j] = cb[:, j]
+        from b (mask and mean; the twin: b's bit j of the condition), j = 0..count-1 -> [R, count, C, H, W]."""
+        caps = self.predicted_input(self.encode(torch.cat([a, b])))
+        out = self.code.swap(caps[: len(a)], caps[len(a):], count)
         return self.decode(out.flatten(0, 1)).view(len(a), count, *self.info.shape)
 
     # ------------------------------------------------------------------------------ pictures
     def fixed_grid(self) -> torch.Tensor:
         """The fixed prior capsules through the fixed targets: [n_fixed, C, H, W]."""
-        return self.decode(self.ae.masked(self.fixed_caps, self.sample_masks(self.fixed_targets)))
+        return self.decode(self.code.decoder_input(self.fixed_latent, self.sample_masks(self.fixed_targets)))
 
     def after_step(self, step: int, run: Any, writer: Any = None) -> None:
         every = self.config.sample_every
@@ -357,10 +366,8 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         """Paper figure 2: row j = attribute vector ``base`` [A] with attribute j set to 0
         (``per_side`` images) then to 1 (as many); the other capsules' noise is the same in every
         image of a column pair, so only attribute j changes along a row. [rows * 2 per_side, C, H, W]."""
-        A, D = self.info.num_attributes, self.config.caps_dim
-        rows = min(A, MAX_ROWS)
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(per_side, *self.caps, D, generator=g)
+        rows = min(self.info.num_attributes, MAX_ROWS)
+        z = self.prior(per_side, torch.Generator().manual_seed(seed))
         targets, noise = [], []
         for j in range(rows):
             for value in (0, 1):
@@ -369,7 +376,7 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
                 targets.append(t.expand(per_side, -1))
                 noise.append(z)
         mask = self.sample_masks(torch.cat(targets))
-        return self.decode(self.ae.masked(torch.cat(noise), mask))
+        return self.decode(self.code.decoder_input(torch.cat(noise), mask))
 
     def write_figures(self, out_dir: Path, batch: Batch) -> list[Path]:
         """reconstructions.png (test images over their reconstructions), samples.png (prior draws),
@@ -391,7 +398,7 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
             labels = torch.arange(rows).repeat_interleave(10)
             paths.append(save_image_grid(self.sample_classes(labels, g), out_dir / "class_grid.png", ncol=10))
         else:
-            base = (predict_from_kl(self.encode(x[:1])[2])[0] if len(x) else self.bank.draw(1, g)[0]).long()
+            base = (self.code.predict(self.encode(x[:1]))[0] if len(x) else self.bank.draw(1, g)[0]).long()
             paths.append(save_image_grid(self.attribute_grid(base, seed=cfg.fixed_seed + 3),
                                          out_dir / "attribute_grid.png", ncol=8))
         pairs = min(len(x) // 2, 8)
@@ -406,7 +413,8 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         metrics = RunDir(out_dir.parent).read_metrics()   # figures/ lives in the run folder
         if any(r.get("split") == "train" for r in metrics):
             err = "test_error" if self.mode == "class" else "attribute_error"
-            keys = [("train", "kl_margin"), ("train", "recon"), ("test", err), ("test", "recon_error")]
+            encoder_loss = "class_loss" if self.config.twin else "kl_margin"
+            keys = [("train", encoder_loss), ("train", "recon"), ("test", err), ("test", "recon_error")]
             if self.D is not None:
                 keys.append(("train", "d_loss"))
             paths.append(plot_curves(metrics, keys, out_dir / "vcaps_curves.png", title="variational capsules"))
