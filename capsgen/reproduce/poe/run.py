@@ -205,17 +205,26 @@ def _real_by_class(test: Any) -> dict[int, torch.Tensor]:
 
 
 def measure_arm(s: Settings, arm: str, folder: Path, evaluator: Any, test: Any) -> dict[str, Any]:
-    """Errors, negatives, per-capsule purity and spread, sample metrics and grids of one poe run."""
+    """:func:`measure_run` of the arm's run, ``runs/<arm>``."""
+    return measure_run(s, folder / "runs" / arm, arm, folder, evaluator, test)
+
+
+def measure_run(s: Settings, run_dir: Path, arm: str, folder: Path, evaluator: Any, test: Any) -> dict[str, Any]:
+    """Errors, negatives, per-capsule purity and spread, sample metrics and grids of one poe run
+    (figures named after ``arm``, under ``folder``). A twin run (``--twin``) is measured the same
+    way, with its mixture components in the place of the code capsules: "capsule j" is then
+    component j, so its purity is the share of component j's samples in their dominant class."""
     from capsgen.eval.report_metrics import evaluate_samples
     from capsgen.models.poe.nets import negative_mask
     from capsgen.models.poe.task import GRID_ROWS
     from capsgen.report.figures import to_uint8_hwc
     from capsgen.runs import open_run
 
-    opened = open_run(folder / "runs" / arm, "last")
+    opened = open_run(run_dir, "last")
     task = opened.task
-    if task.steps_done()[3] == 0:
-        return {"no_decoder": f"the run stopped before U was trained (steps per stage {task.steps_done()})"}
+    if not task.decoder_ready():
+        return {"no_decoder": f"the run stopped before U (a twin: its mixture) was trained (steps per stage "
+                              f"{task.steps_done()})"}
     J, R = task.num_capsules(), s.per_capsule
     task.config.eval_n = min(TEST_IMAGES, len(test))     # in memory only: errors on more test images
     out: dict[str, Any] = {"errors": task.evaluate(test), "steps_done": task.steps_done()}
