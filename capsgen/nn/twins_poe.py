@@ -58,23 +58,35 @@ class EMStatistics:
         return [getattr(self, f.name) for f in fields(self)]
 
 
-def _inner(p: MixtureParams) -> torch.Tensor:
-    """M_j = W_j^T W_j + s_j I [J, q, q]."""
-    q = p.factors.shape[-1]
-    eye = torch.eye(q, dtype=p.factors.dtype, device=p.factors.device)
-    return p.factors.mT @ p.factors + p.noise[:, None, None] * eye
+def _inner_cholesky(p: MixtureParams) -> torch.Tensor:
+    """Cholesky factor of M_j = W_j^T W_j + s_j I [J, q, q], in float64: a component fitted to a
+    few examples has s_j at the noise floor beside W_j^T W_j's large eigenvalues, and float32 then
+    fails the factorisation (mnist-5k, 30 EM steps: "the leading minor of order 16 is not
+    positive-definite"); these matrices are q x q, so float64 costs nothing."""
+    W = p.factors.double()
+    eye = torch.eye(W.shape[-1], dtype=torch.float64, device=W.device)
+    return torch.linalg.cholesky(W.mT @ W + p.noise.double()[:, None, None] * eye)
+
+
+def _centred_projections(x: torch.Tensor, p: MixtureParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||x_n - mu_j||^2 [B, J], W_j^T (x_n - mu_j) [J, q, B]) from the differences themselves, not
+    expanded into ||x||^2 - 2 x.mu + ||mu||^2, which cancels when x is near mu."""
+    e = x[:, None, :] - p.means[None]                                          # [B, J, D]
+    return (e * e).sum(-1), torch.einsum("bjd,jdq->jqb", e, p.factors)
 
 
 def component_log_densities(x: torch.Tensor, p: MixtureParams) -> torch.Tensor:
-    """log N(x_n; mu_j, W_j W_j^T + s_j I) [B, J] for x [B, D], through Woodbury (no D x D matrix)."""
+    """log N(x_n; mu_j, W_j W_j^T + s_j I) [B, J] for x [B, D], through Woodbury (no D x D matrix);
+    the q x q algebra in float64, the result in x's dtype."""
     D, q = p.factors.shape[-2:]
-    chol = torch.linalg.cholesky(_inner(p))                                   # [J, q, q]
-    proj = torch.einsum("bd,jdq->bjq", x, p.factors) - torch.einsum("jd,jdq->jq", p.means, p.factors)
-    sq = (x * x).sum(1, keepdim=True) - 2 * x @ p.means.T + (p.means * p.means).sum(1)   # ||x - mu_j||^2
-    solved = torch.cholesky_solve(proj.permute(1, 2, 0), chol)               # M_j^{-1} W_j^T (x - mu_j), [J, q, B]
-    quad = (proj.permute(1, 2, 0) * solved).sum(1).T                          # [B, J]
-    logdet = (D - q) * torch.log(p.noise) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    return -0.5 * (D * math.log(2 * math.pi) + logdet + (sq - quad) / p.noise)
+    chol = _inner_cholesky(p)
+    sq, proj = _centred_projections(x, p)
+    proj = proj.double()
+    quad = (proj * torch.cholesky_solve(proj, chol)).sum(1).T                 # e^T W M^-1 W^T e, [B, J]
+    s = p.noise.double()
+    logdet = (D - q) * torch.log(s) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    out = -0.5 * (D * math.log(2 * math.pi) + logdet + (sq.double() - quad) / s)
+    return out.to(x.dtype)
 
 
 def responsibilities(x: torch.Tensor, p: MixtureParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +146,8 @@ def posterior_reconstruction(x: torch.Tensor, p: MixtureParams) -> torch.Tensor:
     """sum_j R_nj (mu_j + W_j E[z | x_n, j]) [B, D]: each component's noise-free projection of x
     (E[z | x, j] = M_j^{-1} W_j^T (x - mu_j)), weighted by the responsibilities."""
     R, _ = responsibilities(x, p)
-    proj = torch.einsum("bd,jdq->jqb", x, p.factors) - torch.einsum("jd,jdq->jq", p.means, p.factors)[:, :, None]
-    z = torch.cholesky_solve(proj, torch.linalg.cholesky(_inner(p)))          # [J, q, B]
+    _, proj = _centred_projections(x, p)
+    z = torch.cholesky_solve(proj.double(), _inner_cholesky(p)).to(x.dtype)   # [J, q, B]
     recon = p.means[:, None, :] + torch.einsum("jdq,jqb->jbd", p.factors, z)  # [J, B, D]
     return torch.einsum("bj,jbd->bd", R, recon)
 

@@ -23,6 +23,11 @@ m_j = sum_n x_nj / ||sum_n x_nj|| of the training codes (a pose of length ||x_nj
 counts that much), and a sample g with <g, m_j> < 0 is replaced by -g — the paper's own remedy
 (its negatives turn positive under x -> -x). For an isotropic Gaussian this gives exactly the
 Gaussian restricted to the half-space <g, m_j> >= 0.
+
+Module tree: :class:`PoEModel` (the Task's ``model``) holds the autoencoder ``ae``, the counters
+``stage_steps`` and the capsule part ``capsules`` (:class:`PoECapsules`); the non-capsule twin
+(``model.twin``) holds ``mixture`` (:mod:`capsgen.models.poe.twin`) there instead, and nothing
+else differs.
 """
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ from capsgen.nn.twins_poe import (EMStatistics, MixtureParams, chi2_quantile, em
 Reduce = Callable[[list[torch.Tensor]], None]
 NOISE_FLOOR = 1e-3      # of the mean feature variance: a component fitted to a single example stays finite
 MIN_COUNT = 1e-3        # examples' worth of responsibility below which a component keeps its parameters
+CHUNK = 128             # examples per E-step pass outside training: 128 x 20 x 4,608 floats = 47 MB
 
 
 class MixtureTwin(nn.Module):
@@ -123,10 +124,14 @@ class MixtureTwin(nn.Module):
         self.started.fill_(True)
 
     def statistics(self, x: torch.Tensor) -> EMStatistics:
-        """The E-step sums of one batch x [B, D] under the current mixture, in float64."""
+        """The E-step sums of examples x [B, D] under the current mixture, in float64, CHUNK rows at
+        a time (the E-step holds x - mu_j for every component: [CHUNK, J, D])."""
         with torch.no_grad():
-            s = em_statistics(x, self.params())
-        return EMStatistics(*(t.double() for t in s.tensors()))
+            parts = [em_statistics(x[i:i + CHUNK], self.params()) for i in range(0, len(x), CHUNK)]
+        total = EMStatistics(*(t.double() for t in parts[0].tensors()))
+        for s in parts[1:]:
+            total = total + EMStatistics(*(t.double() for t in s.tensors()))
+        return total
 
     def update(self, stats: EMStatistics) -> None:
         """One M-step from summed statistics."""
@@ -180,4 +185,6 @@ class MixtureTwin(nn.Module):
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Images through the whole twin: AE encoder, the mixture's posterior projection, AE decoder."""
         with torch.no_grad():
-            return self.features_to_images(posterior_reconstruction(self.features(images), self.params()))
+            x = self.features(images)
+            return torch.cat([self.features_to_images(posterior_reconstruction(x[i:i + CHUNK], self.params()))
+                              for i in range(0, len(x), CHUNK)])
