@@ -126,3 +126,21 @@ def test_responsibilities_sum_to_one_and_reconstruction_is_the_projection():
 def test_chi2_quantile_matches_known_values():
     assert chi2_quantile(2, 0.5) == pytest.approx(2 * math.log(2), rel=1e-9)    # exponential with mean 2
     assert chi2_quantile(16, 0.5) == pytest.approx(15.3382, rel=1e-4)
+
+
+def test_a_degenerate_component_at_the_noise_floor_still_has_finite_float32_densities():
+    """A component fitted to one direction (rank-1 W_j, s_j at the floor): M_j = W^T W + s I has a
+    condition number ~1e10, beyond float32's Cholesky (which the mnist-5k twin once hit)."""
+    g = torch.Generator().manual_seed(0)
+    col = 30 * torch.randn(50, 1, generator=g)
+    p = MixtureParams(torch.tensor([0.5, 0.5]), torch.randn(2, 50, generator=g),
+                      torch.stack([col.expand(50, 4).clone(), torch.randn(50, 4, generator=g)]),
+                      torch.tensor([1e-5, 1.0]))
+    with pytest.raises(RuntimeError):      # what the float32 factorisation does
+        torch.linalg.cholesky(p.factors.mT @ p.factors + p.noise[:, None, None] * torch.eye(4))
+    x = torch.randn(8, 50, generator=g)
+    got = component_log_densities(x, p)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    ref = component_log_densities(x.double(), MixtureParams(*(t.double() for t in (p.weights, p.means, p.factors,
+                                                                                   p.noise))))
+    assert torch.allclose(got.double(), ref, rtol=1e-4)
