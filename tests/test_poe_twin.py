@@ -18,6 +18,8 @@ from capsgen.nn.twins_poe import chi2_quantile
 from capsgen.reproduce.poe.spec import Settings
 from capsgen.runs import open_run
 from capsgen.train.checkpoint import read_checkpoint
+from tests.test_poe_task import checkpoint, rows
+from tests.test_reproduce_poe import cache  # noqa: F401  (the module-wide private evaluator cache)
 
 # The tiny poe of test_poe_task (8x8 digits, 3x3 kernels: 64 features; 4 capsules of 6-D = 4
 # components of 6-D) without its capsule-only settings. EM steps 9..20: M-steps after steps 12,
@@ -34,23 +36,6 @@ TOTAL = 21
 def train(out: Path, *args: str, twin: bool = True) -> int:
     return main(["train", "poe", *(TWIN if twin else CAPSULE), "--data", "digits", "--batch-size", "32",
                  "--seed", "3", "--no-progress", "--out", str(out), *TINY, *args])
-
-
-def checkpoint(run: Path) -> dict[str, torch.Tensor]:
-    return read_checkpoint(run / "checkpoints" / "last.safetensors")[0]
-
-
-def rows(run: Path, split: str) -> list[dict]:
-    out = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "time"} for r in out if r["split"] == split]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A private evaluator cache (the digits evaluator trains here once, ~5 s), never the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CAPSGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")
