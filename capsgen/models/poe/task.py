@@ -26,6 +26,7 @@ through the same methods, with "capsule K" meaning "component K".
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ from capsgen.train.task import DataInfo, StepContext, Task
 GRID_ROWS = 4        # samples per capsule in the capsule grids (Hauser's figure 2: 4 rows x 20 capsules)
 
 
-EM_STATE = ("count", "sum_x", "sum_sq", "cross", "loglik")    # the twin's E-step sums in extra_state
+EM_STATE = tuple(f.name for f in fields(EMStatistics))    # the twin's E-step sums, as extra_state "em_<name>"
 
 
 class PoETask(Task, Generative, CapsuleSampling):
