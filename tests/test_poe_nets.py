@@ -165,6 +165,19 @@ def test_w_and_u_are_buffers_checkpointed_and_reproducible():
     assert not torch.equal(a.encoder_weight, tiny_model(seed=5).encoder_weight)
 
 
+def test_a_checkpoint_with_the_capsule_state_at_the_root_still_loads():
+    """Before the twin, W, U and the statistics were the root's own buffers ("encoder_weight", not
+    "capsules.encoder_weight"); such a state dict loads into the same tensors."""
+    cfg = PoEConfig(**TINY)
+    a = PoEModel(cfg, (1, 20, 20), torch.Generator().manual_seed(4))
+    flat = {k.removeprefix("capsules."): v for k, v in a.state_dict().items()}
+    assert "encoder_weight" in flat and "capsules.encoder_weight" not in flat
+    b = PoEModel(cfg, (1, 20, 20), torch.Generator().manual_seed(9))
+    b.load_state_dict(flat, strict=True)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
 def test_encoder_and_decoder_steps_change_only_their_own_weights():
     m = tiny_model()
     m.freeze_autoencoder()
