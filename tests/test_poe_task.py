@@ -129,6 +129,12 @@ def test_ctrl_c_in_any_stage_resumes_to_identical_tensors(reference, tmp_path, m
     monkeypatch.setattr(PoETask, "after_step", original)
     assert read_checkpoint(run / "checkpoints" / "last.safetensors")[1]["state"]["step"] == stop
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert_same_run(reference, run)
+
+
+def assert_same_run(reference: Path, run: Path) -> None:
+    """The two runs' last checkpoints hold identical weights, optimizer and extra state, and their
+    training rows are the same."""
     a, b = checkpoint(reference), checkpoint(run)
     keys = [k for k in a if k.startswith(("module.", "optim.", "extra."))]
     assert set(keys) == {k for k in b if k.startswith(("module.", "optim.", "extra."))}

@@ -18,7 +18,7 @@ from capsgen.nn.twins_poe import chi2_quantile
 from capsgen.reproduce.poe.spec import Settings
 from capsgen.runs import open_run
 from capsgen.train.checkpoint import read_checkpoint
-from tests.test_poe_task import checkpoint, rows
+from tests.test_poe_task import assert_same_run, checkpoint, rows
 from tests.test_reproduce_poe import cache  # noqa: F401  (the module-wide private evaluator cache)
 
 # The tiny poe of test_poe_task (8x8 digits, 3x3 kernels: 64 features; 4 capsules of 6-D = 4
@@ -85,12 +85,7 @@ def test_ctrl_c_inside_an_em_sweep_resumes_to_identical_tensors(twin, tmp_path, 
     saved = checkpoint(run)
     assert saved["extra.em_seen"].item() > 0 and "extra.em_cross" in saved      # mid-sweep sums were saved
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    a, b = checkpoint(twin), checkpoint(run)
-    keys = [k for k in a if k.startswith(("module.", "optim.", "extra."))]
-    assert set(keys) == {k for k in b if k.startswith(("module.", "optim.", "extra."))}
-    for k in keys:
-        assert torch.equal(a[k], b[k]), k
-    assert rows(run, "train") == rows(twin, "train")
+    assert_same_run(twin, run)
 
 
 def test_sample_by_component_and_domain(twin, tmp_path, capsys):
