@@ -177,11 +177,6 @@ class PoEModel(nn.Module):
         self.register_buffer("stage_steps", torch.zeros(4, dtype=torch.long))
         self.register_load_state_dict_pre_hook(_rename_flat_capsule_state)
 
-    @property
-    def code_part(self) -> nn.Module:
-        """``capsules`` or ``mixture``, whichever this model has."""
-        return self.mixture if self.cfg.twin else self.capsules
-
 
 def _rename_flat_capsule_state(module: nn.Module, state: dict, prefix: str, *args) -> None:
     """Load a checkpoint written before the code part was a submodule (W, U, ... at the root)."""
