@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from capsgen.config import check_config
 from capsgen.errors import CapsgenError, ConfigError
 from capsgen.models.poe.config import PoEConfig
-from capsgen.models.poe.nets import (ConvAutoencoder, PoECapsules, autoencoder_loss,
+from capsgen.models.poe.nets import (ConvAutoencoder, PoECapsules, PoEModel, autoencoder_loss,
                                      capsules_to_features, features_to_capsules, negative_mask,
                                      negative_share)
 from capsgen.nn import PrimaryCapsules, squash
@@ -29,7 +29,7 @@ TINY = dict(ae_channels=16, ae_kernel=5, code_capsules=4, code_dim=6, init_std=0
 
 
 def tiny_model(seed: int = 0, shape=(1, 20, 20), **kw) -> PoECapsules:
-    return PoECapsules(PoEConfig(**{**TINY, **kw}), shape, torch.Generator().manual_seed(seed))
+    return PoEModel(PoEConfig(**{**TINY, **kw}), shape, torch.Generator().manual_seed(seed)).capsules
 
 
 def blobs(n: int, size: int = 20, seed: int = 0, channels: int = 1) -> torch.Tensor:
@@ -60,12 +60,12 @@ def test_config_defaults_are_the_papers_architecture_and_bad_values_are_refused(
     with pytest.raises(ConfigError, match="decoder_rule"):
         check_config(PoEConfig(decoder_rule="backprop"), "model")
     with pytest.raises(ConfigError):
-        PoECapsules(PoEConfig(w_lr=0.0), (1, 28, 28), torch.Generator())
+        PoEModel(PoEConfig(w_lr=0.0), (1, 28, 28), torch.Generator())
 
 
 # ----------------------------------------------------------------------------- autoencoder
 def test_paper_shapes_28x28_give_576_capsules_and_colour_works():
-    m = PoECapsules(PoEConfig(), (1, 28, 28), torch.Generator().manual_seed(0))
+    m = PoEModel(PoEConfig(), (1, 28, 28), torch.Generator().manual_seed(0)).capsules
     assert m.ae.feature_shape == (128, 6, 6) and m.num_primary == 576
     assert m.encoder_weight.shape == (576, 20, 16, 8) and m.decoder_weight.shape == (20, 576, 8, 16)
     x = torch.rand(2, 1, 28, 28)
@@ -163,6 +163,19 @@ def test_w_and_u_are_buffers_checkpointed_and_reproducible():
     for k, v in state.items():
         assert torch.equal(v, b.state_dict()[k]), k
     assert not torch.equal(a.encoder_weight, tiny_model(seed=5).encoder_weight)
+
+
+def test_a_checkpoint_with_the_capsule_state_at_the_root_still_loads():
+    """Before the twin, W, U and the statistics were the root's own buffers ("encoder_weight", not
+    "capsules.encoder_weight"); such a state dict loads into the same tensors."""
+    cfg = PoEConfig(**TINY)
+    a = PoEModel(cfg, (1, 20, 20), torch.Generator().manual_seed(4))
+    flat = {k.removeprefix("capsules."): v for k, v in a.state_dict().items()}
+    assert "encoder_weight" in flat and "capsules.encoder_weight" not in flat
+    b = PoEModel(cfg, (1, 20, 20), torch.Generator().manual_seed(9))
+    b.load_state_dict(flat, strict=True)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
 
 
 def test_encoder_and_decoder_steps_change_only_their_own_weights():

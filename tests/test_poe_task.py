@@ -101,8 +101,8 @@ def test_a_run_trains_every_stage_in_order(reference):
     assert t["module.model.stage_steps"].tolist() == [6, 3, 6, 6]
     assert {"extra.w_momentum", "extra.u_momentum"} <= set(t)
     assert t["extra.w_updates"].item() == 6 and t["extra.u_updates"].item() == 6
-    assert bool(t["module.model.capsules_fitted"]) and bool(t["module.model.domain_fitted"])
-    assert t["module.model.capsule_count"].item() == 3 * 32 and t["module.model.code_count"].item() == 6 * 32
+    assert bool(t["module.model.capsules.capsules_fitted"]) and bool(t["module.model.capsules.domain_fitted"])
+    assert t["module.model.capsules.capsule_count"].item() == 3 * 32 and t["module.model.capsules.code_count"].item() == 6 * 32
     # the stages changed what they own and nothing else: W moved in stage w only, U in u only
     test = rows(reference, "test")
     assert {"ae_mse"} <= set(test[0]) and "w_recon" not in test[0]             # step 5: autoencoder
@@ -129,6 +129,12 @@ def test_ctrl_c_in_any_stage_resumes_to_identical_tensors(reference, tmp_path, m
     monkeypatch.setattr(PoETask, "after_step", original)
     assert read_checkpoint(run / "checkpoints" / "last.safetensors")[1]["state"]["step"] == stop
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert_same_run(reference, run)
+
+
+def assert_same_run(reference: Path, run: Path) -> None:
+    """The two runs' last checkpoints hold identical weights, optimizer and extra state, and their
+    training rows are the same."""
     a, b = checkpoint(reference), checkpoint(run)
     keys = [k for k in a if k.startswith(("module.", "optim.", "extra."))]
     assert set(keys) == {k for k in b if k.startswith(("module.", "optim.", "extra."))}
@@ -167,7 +173,7 @@ def test_capsule_grids_restricted_poses_are_the_full_or_the_negated_ones(referen
     J, D = 4, 6
     poses = torch.randn(3 * J, D, generator=g())
     kept = task._poses(poses, torch.arange(J).repeat(3), True)
-    assert ((kept * task.model.directions[torch.arange(J).repeat(3)]).sum(-1) >= 0).all()
+    assert ((kept * task.caps.directions[torch.arange(J).repeat(3)]).sum(-1) >= 0).all()
 
 
 def test_sample_by_capsule_is_reproducible_and_one_capsule_only(reference):
@@ -265,7 +271,7 @@ def test_two_processes_give_the_weights_of_one_process(tmp_path):
     assert r.returncode == 0, r.stderr
     a, b = checkpoint(one), checkpoint(two)
     for k in ("encoder_weight", "decoder_weight", "capsule_mean", "max_length", "code_mean", "directions"):
-        diff = (a[f"module.model.{k}"].double() - b[f"module.model.{k}"].double()).abs().max().item()
-        scale = a[f"module.model.{k}"].double().abs().max().item()
+        diff = (a[f"module.model.capsules.{k}"].double() - b[f"module.model.capsules.{k}"].double()).abs().max().item()
+        scale = a[f"module.model.capsules.{k}"].double().abs().max().item()
         assert diff <= 1e-3 * scale, (k, diff, scale)
     assert torch.equal(a["module.model.stage_steps"], b["module.model.stage_steps"])

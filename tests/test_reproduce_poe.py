@@ -138,3 +138,17 @@ def test_bad_input_is_one_line_and_makes_no_folder(tmp_path, capsys, args, msg):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and msg in err, err
     assert not out.exists()
+
+
+def test_the_twin_arm_takes_centreds_steps_and_is_measured_per_component(tmp_path, cache):
+    out = tmp_path / "rep"
+    assert reproduce(out, *FAST, "--arms", "twin,centred") == 0
+    st = stages(out)
+    t, c = st["train/twin"], st["train/centred"]
+    assert t["model"]["twin"] is True and c["model"]["twin"] is False
+    assert t["steps"] == c["steps"] == 26
+    assert (t["model"]["w_lr"], c["model"]["w_lr"]) == (300.0, 20.0)     # the capsule-only --set skips the twin
+    m = st["measure/twin"]
+    assert len(m["restricted"]["purity"]["per_capsule"]) == 4 and "mixture_loglik" in m["errors"]
+    md = (out / "report.md").read_text()
+    assert "the non-capsule twin of centred" in md

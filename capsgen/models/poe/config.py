@@ -96,6 +96,25 @@ class PoEConfig(FamilyConfig):
     eval_n: int = opt(100, min=10)            # test images (and samples per domain) in evaluate()
     fixed_seed: int = opt(1234, min=0)        # seed of evaluate()'s samples and of the figures' codes
     explode_limit: float = opt(1e3, min=0)    # stop when a capsule error exceeds this; 0 = only NaN / inf
+    # --- the twin (--twin) only ---
+    # EM steps whose E-step sums make one M-step of the twin's mixture. 50 batches of 64 = 3,200
+    # images, about 160 per component at J = 20, well above the q + 1 = 17 a 16-D PPCA needs; on
+    # mnist-5k's default 1,000 EM steps that is 20 M-steps (not tuned).
+    em_batches: int = opt(50, min=1)
+
+    # The twin (``capsgen train poe --twin``, capsgen.models.poe.twin): the same autoencoder, data,
+    # schedule and steps; the capsule part (primary capsules, W by CD with routing, U, the pose
+    # sampler) becomes a mixture of J PPCA components with q-D latents on the autoencoder's
+    # features, fitted by EM in the steps the capsule model gives W and U.
+    TWIN: ClassVar[str] = ("the capsule part (primary capsules, W by contrastive divergence with routing, U, "
+                           "one-capsule pose sampling) becomes a mixture of code_capsules Gaussian PPCA components "
+                           "with code_dim-D latents on the autoencoder's features, fitted by EM in the W and U "
+                           "steps; autoencoder, its training, data, schedule and run length unchanged; --capsule K "
+                           "samples component K")
+    CAPSULE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "primary_dim", "routing_iterations", "init_std", "centre_capsules", "w_lr", "w_momentum",
+        "w_weight_decay", "w_lr_decay", "w_decay_every", "decoder_rule", "u_lr", "u_momentum", "u_weight_decay",
+        "u_lr_decay", "u_decay_every", "explode_limit")
 
     # ``hauser``: the paper as printed — raw (uncentred) capsules, section 4.1's decoder rule and
     # sampling from the whole sphere (figure 2a/2c; restricted sampling is its remedy, 2b/2d).
@@ -128,7 +147,7 @@ class PoEConfig(FamilyConfig):
                                                  for k, v in lengths.items())
 
     def ineffective(self) -> dict[str, str]:
-        out = {}
+        out = {} if self.twin else {"model.em_batches": "model.twin is false (only the twin's EM reads it)"}
         for stage, fields in (("ae", ("ae_lr", "dropout", "ae_loss")),
                               ("w", ("w_lr", "w_momentum", "w_weight_decay", "w_lr_decay", "w_decay_every")),
                               ("u", ("u_lr", "u_momentum", "u_weight_decay", "u_lr_decay", "u_decay_every",

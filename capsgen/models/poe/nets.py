@@ -23,6 +23,11 @@ m_j = sum_n x_nj / ||sum_n x_nj|| of the training codes (a pose of length ||x_nj
 counts that much), and a sample g with <g, m_j> < 0 is replaced by -g — the paper's own remedy
 (its negatives turn positive under x -> -x). For an isotropic Gaussian this gives exactly the
 Gaussian restricted to the half-space <g, m_j> >= 0.
+
+Module tree: :class:`PoEModel` (the Task's ``model``) holds the autoencoder ``ae``, the counters
+``stage_steps`` and the capsule part ``capsules`` (:class:`PoECapsules`); the non-capsule twin
+(``model.twin``) holds ``mixture`` (:mod:`capsgen.models.poe.twin`) there instead, and nothing
+else differs.
 """
 from __future__ import annotations
 
@@ -141,12 +146,20 @@ def autoencoder_loss(ae: ConvAutoencoder, images: torch.Tensor, generator: torch
 
 
 # ----------------------------------------------------------------------------- the model
-class PoECapsules(nn.Module):
-    """Autoencoder front end + capsule encoder W [I, J, Dout, Din] + decoder U [J, I, Din, Dout].
+# The capsule part's tensors, which were the root's own before the twin existed: checkpoints from
+# then name them without the "capsules." prefix (PoEModel renames them on loading).
+CAPSULE_STATE = ("encoder_weight", "decoder_weight", "capsule_mean", "max_length", "capsules_fitted", "directions",
+                 "domain_fitted", "capsule_count", "code_mean", "code_count")
 
-    I = (F / primary_dim) h w primary capsules (576 for 28 x 28), J = code_capsules (20),
-    Din = primary_dim (8), Dout = code_dim (16). W and U are buffers (checkpointed with the
-    state dict, invisible to optimisers); all initial values come from ``generator``.
+
+class PoEModel(nn.Module):
+    """The poe family's whole model: the convolutional autoencoder ``ae``, its code part, and
+    ``stage_steps`` (steps done in each stage: ae, stats, w, u; set by the Task).
+
+    The code part is ``capsules`` (:class:`PoECapsules`: W, routing, U, Hauser's sampling) or, for
+    the non-capsule twin (``cfg.twin``), ``mixture`` (:class:`capsgen.models.poe.twin.MixtureTwin`:
+    one Gaussian component per code capsule, fitted by EM on the autoencoder's features). The two
+    share the autoencoder and its initial weights (both drawn first from ``generator``).
     """
 
     def __init__(self, cfg: PoEConfig, shape: tuple[int, int, int], generator: torch.Generator):
@@ -155,6 +168,38 @@ class PoECapsules(nn.Module):
         self.cfg, self.shape = cfg, tuple(shape)
         self.ae = ConvAutoencoder(self.shape, cfg.ae_channels, cfg.ae_kernel, cfg.ae_stride,
                                   cfg.leaky_slope, cfg.dropout, generator)
+        if cfg.twin:
+            from capsgen.models.poe.twin import MixtureTwin
+
+            self.mixture = MixtureTwin(cfg, self.ae)
+        else:
+            self.capsules = PoECapsules(cfg, self.ae, generator)
+        self.register_buffer("stage_steps", torch.zeros(4, dtype=torch.long))
+        self.register_load_state_dict_pre_hook(_rename_flat_capsule_state)
+
+
+def _rename_flat_capsule_state(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    """Load a checkpoint written before the code part was a submodule (W, U, ... at the root)."""
+    for name in CAPSULE_STATE:
+        if prefix + name in state and prefix + "capsules." + name not in state:
+            state[prefix + "capsules." + name] = state.pop(prefix + name)
+
+
+class PoECapsules(nn.Module):
+    """The capsule part of :class:`PoEModel`: capsule encoder W [I, J, Dout, Din] + decoder U
+    [J, I, Din, Dout], the primary capsules' statistics and the restricted sampling domain.
+
+    I = (F / primary_dim) h w primary capsules (576 for 28 x 28), J = code_capsules (20),
+    Din = primary_dim (8), Dout = code_dim (16). W and U are buffers (checkpointed with the
+    state dict, invisible to optimisers); their initial values come from ``generator``. ``ae``
+    is the root's autoencoder, held as a plain reference (not a submodule: the root owns and
+    checkpoints it), since every pass here starts or ends in it.
+    """
+
+    def __init__(self, cfg: PoEConfig, ae: ConvAutoencoder, generator: torch.Generator):
+        super().__init__()
+        self.cfg, self.shape = cfg, ae.shape
+        self.__dict__["ae"] = ae     # bypasses nn.Module's registration: a reference, not a child
         Fc, h, w = self.ae.feature_shape
         I, J, Din, Dout = Fc // cfg.primary_dim * h * w, cfg.code_capsules, cfg.primary_dim, cfg.code_dim
         self.num_primary = I
@@ -174,8 +219,6 @@ class PoECapsules(nn.Module):
         self.register_buffer("capsule_count", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("code_mean", torch.zeros(J, Dout))
         self.register_buffer("code_count", torch.tensor(0.0, dtype=torch.float64))
-        # Steps done in each stage (ae, stats, w, u), set by the Task.
-        self.register_buffer("stage_steps", torch.zeros(4, dtype=torch.long))
 
     # ------------------------------------------------------------------ passes
     def freeze_autoencoder(self) -> None:

@@ -17,9 +17,16 @@ the autoencoder's dropout, drawn from ``ctx.generator`` (one seed per step, offs
 Under torchrun every hand-written update (dW, dU, the running means) is averaged over the
 processes with :meth:`Task.all_mean` before it is applied, so all processes hold the same W
 and U; the longest capsule is a maximum over processes.
+
+The twin (``model.twin``, :mod:`capsgen.models.poe.twin`) runs the same schedule: the same ``ae``
+steps, ``stats`` fits the features' mean, and the ``w`` and ``u`` steps are EM steps of its mixture
+(E-step sums of each batch, an M-step every ``em_batches`` steps and at the last step); the sums
+between M-steps are :meth:`PoETask.extra_state`. Its sampling, grids, evaluation and pictures go
+through the same methods, with "capsule K" meaning "component K".
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -29,9 +36,10 @@ from capsgen.data.batch import Batch
 from capsgen.errors import CapsgenError
 from capsgen.models.gan.task import slerp
 from capsgen.models.poe.config import DOMAINS, STAGES, PoEConfig
-from capsgen.models.poe.nets import PoECapsules, autoencoder_loss, negative_share
+from capsgen.models.poe.nets import PoEModel, autoencoder_loss, negative_share
 from capsgen.nn.contrastive import capsule_reconstruction_error, mix_by_routing
 from capsgen.nn.squash import safe_norm, squash
+from capsgen.nn.twins_poe import EMStatistics
 from capsgen.report.figures import plot_curves, save_image_grid
 from capsgen.train.capabilities import CapsuleSampling, Generative
 from capsgen.train.distributed import SINGLE, Distributed
@@ -40,14 +48,19 @@ from capsgen.train.task import DataInfo, StepContext, Task
 GRID_ROWS = 4        # samples per capsule in the capsule grids (Hauser's figure 2: 4 rows x 20 capsules)
 
 
-class PoETask(Task, Generative, CapsuleSampling):
-    """Autoencoder + capsule encoder W + decoder U (:class:`PoECapsules`), trained stage by stage.
+EM_STATE = tuple(f.name for f in fields(EMStatistics))    # the twin's E-step sums, as extra_state "em_<name>"
 
-    Modules: ``model``; optimizers: ``autoencoder`` (Adam on the autoencoder's parameters; W and U
-    are buffers changed only by the CD rules).
+
+class PoETask(Task, Generative, CapsuleSampling):
+    """Autoencoder + capsule encoder W + decoder U (:class:`PoEModel` with its ``capsules``), trained
+    stage by stage; or the twin's autoencoder + mixture (``mixture``).
+
+    Modules: ``model``; optimizers: ``autoencoder`` (Adam on the autoencoder's parameters; W and U,
+    and the twin's mixture, are buffers changed only by the CD rules or EM).
     """
 
     best_metric = ""     # each stage has its own figures; keep only 'last'
+    TWIN_PARTS = ("model.capsules", "model.mixture")
 
     def __init__(self, config: PoEConfig, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):
@@ -60,21 +73,28 @@ class PoETask(Task, Generative, CapsuleSampling):
                                f"or larger images, or smaller kernels (e.g. --set model.ae_kernel=3 for 8x8)")
         # Initial weights from the run seed (build_task seeds the global RNG), through one generator.
         g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-        self.model = PoECapsules(config, info.shape, g).to(self.device)
+        self.model = PoEModel(config, info.shape, g).to(self.device)
         self.modules = {"model": self.model}
         self.optimizers = {"autoencoder": torch.optim.Adam(self.model.ae.parameters(), lr=config.ae_lr)}
-        self.w_opt, self.u_opt = self.model.make_optimizers()
+        self.caps = None if config.twin else self.model.capsules
+        self.twin = self.model.mixture if config.twin else None
+        if self.caps is not None:
+            self.w_opt, self.u_opt = self.caps.make_optimizers()
+        self.em_sums: EMStatistics | None = None      # the twin's E-step sums since its last M-step
+        self.em_seen = 0                               # batches in em_sums
 
     # ------------------------------------------------------------------------------ training
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
-        cfg, model = self.config, self.model
+        cfg, model = self.config, self.caps
         stage, _ = cfg.stage_of(ctx.step)
         x = batch.images
         if stage == "ae":
             seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator)) + self.dist.rank
             dropout = torch.Generator(device=self.device).manual_seed(seed)
-            loss, figures = autoencoder_loss(model.ae, x, dropout, cfg.ae_loss)
+            loss, figures = autoencoder_loss(self.model.ae, x, dropout, cfg.ae_loss)
             figures["ae_grad_norm"] = self.optimizer_step("autoencoder", loss)
+        elif self.twin is not None:
+            figures = self._twin_step(stage, x, ctx)
         elif stage == "stats":
             model.add_capsule_statistics(x, self.all_mean, self.all_max)
             figures = {"capsule_norm_mean": float(model.capsule_mean.norm(dim=-1).mean()),
@@ -86,8 +106,32 @@ class PoETask(Task, Generative, CapsuleSampling):
             code = model.encode(caps)
             figures = model.decoder_step(caps, self.u_opt, self.all_mean, code=code)
             model.add_sampling_domain(code, self.all_mean)
-        model.stage_steps[STAGES.index(stage)] += 1
+        self.model.stage_steps[STAGES.index(stage)] += 1
         figures["stage"] = float(STAGES.index(stage))
+        return figures
+
+    def _twin_step(self, stage: str, images: torch.Tensor, ctx: StepContext) -> dict[str, float]:
+        """A stats or EM step of the twin: fold the batch into the feature statistics, or add its
+        E-step sums (averaged over processes) and, every ``em_batches`` steps and at the run's last
+        step, make the M-step. Figure em_loglik: mean log p(features) per dimension of the batch
+        under the mixture before this step's update."""
+        twin = self.twin
+        if stage == "stats":
+            return twin.add_feature_statistics(images, self.all_mean)
+        x = twin.features(images)
+        if not bool(twin.started):
+            twin.start(x, ctx.generator, self.all_mean if self.dist.active else None, self.dist.rank == 0,
+                       self.dist.world_size if self.dist.active else 1)
+        stats = twin.statistics(x)
+        batch_loglik = float(stats.loglik) / (len(x) * x.shape[1])
+        self.all_mean(stats.tensors())
+        self.em_sums = stats if self.em_sums is None else self.em_sums + stats
+        self.em_seen += 1
+        figures = {"em_loglik": batch_loglik}
+        if self.em_seen >= self.config.em_batches or ctx.step == self.config.fixed_steps()[0] - 1:
+            twin.update(self.em_sums)
+            figures["em_sweep_loglik"] = float(self.em_sums.loglik / self.em_sums.count.sum()) / x.shape[1]
+            self.em_sums, self.em_seen = None, 0
         return figures
 
     def all_max(self, tensors: list[torch.Tensor]) -> None:
@@ -112,6 +156,11 @@ class PoETask(Task, Generative, CapsuleSampling):
         return None
 
     def extra_state(self) -> dict[str, torch.Tensor]:
+        if self.twin is not None:
+            out = {"em_seen": torch.tensor(self.em_seen, dtype=torch.long)}
+            if self.em_sums is not None:
+                out.update({f"em_{k}": t for k, t in zip(EM_STATE, self.em_sums.tensors())})
+            return out
         out = {}
         for name, opt in (("w", self.w_opt), ("u", self.u_opt)):
             if opt.momentum_buffer is not None:     # None until the stage's first update
@@ -120,6 +169,11 @@ class PoETask(Task, Generative, CapsuleSampling):
         return out
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.twin is not None:
+            self.em_seen = int(tensors.get("em_seen", torch.tensor(0)))
+            self.em_sums = (EMStatistics(*(tensors[f"em_{k}"].to(self.device) for k in EM_STATE))
+                            if "em_count" in tensors else None)
+            return
         for name, opt in (("w", self.w_opt), ("u", self.u_opt)):
             buf = tensors.get(f"{name}_momentum")
             opt.load_state_dict({"momentum_buffer": None if buf is None else buf.to(self.device),
@@ -131,7 +185,9 @@ class PoETask(Task, Generative, CapsuleSampling):
         return [int(v) for v in self.model.stage_steps.tolist()]
 
     def require_decoder(self) -> None:
-        """One line saying where training stopped, when U has not been trained yet."""
+        """One line saying where training stopped, when U (the twin: its mixture) is not trained yet."""
+        if self.twin is not None:
+            return self.twin.require_fitted()
         done = self.steps_done()
         if done[3] > 0:
             return
@@ -162,7 +218,8 @@ class PoETask(Task, Generative, CapsuleSampling):
         self.require_decoder()
         if n < 0:
             raise CapsgenError(f"the number of images must be >= 0, got {n}")
-        return self.model.sample(n, capsule, restricted, generator).float().cpu()
+        model = self.twin if self.twin is not None else self.caps
+        return model.sample(n, capsule, restricted, generator).float().cpu()
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n images, each from a uniformly drawn capsule on ``model.sample_domain``."""
@@ -172,7 +229,7 @@ class PoETask(Task, Generative, CapsuleSampling):
         """Gaussian poses g [N, D] of capsules [N]; flipped into <g, m_j> >= 0 when restricted."""
         if not restricted:
             return g
-        m = self.model.directions.detach().float().cpu()[capsules]
+        m = self.caps.directions.detach().float().cpu()[capsules]
         return torch.where((g * m).sum(-1, keepdim=True) < 0, -g, g)
 
     def _codes(self, poses: torch.Tensor, capsules: torch.Tensor) -> torch.Tensor:
@@ -185,30 +242,41 @@ class PoETask(Task, Generative, CapsuleSampling):
     @torch.no_grad()
     def decode_codes(self, code: torch.Tensor) -> torch.Tensor:
         """Codes [N, J, D] (CPU) -> images [N, C, H, W] in [0, 1] on the CPU."""
-        dt = self.model.directions.dtype
-        return self.model.images_from_codes(code.to(self.device, dt)).float().cpu()
+        dt = self.caps.directions.dtype
+        return self.caps.images_from_codes(code.to(self.device, dt)).float().cpu()
 
     def capsule_grid(self, rows: int, domain: str, generator: torch.Generator,
                      negate: bool = False) -> torch.Tensor:
         """Hauser's figure 2: images [rows * J, C, H, W], row r column j = the r-th Gaussian pose
         of capsule j (the other capsules zero). ``negate`` decodes -g instead of g, full domain
         (the paper's test of its negatives); the same generator state gives the same g in every
-        variant, so the full, restricted and negated grids show the same draws."""
+        variant, so the full, restricted and negated grids show the same draws. The twin: column j is
+        component j, from the same g (and then eps, negated with g)."""
         self.require_decoder()
         restricted = self._domain(domain)
         J, D = self.config.code_capsules, self.config.code_dim
         capsules = torch.arange(J).repeat(rows)
         g = torch.randn(rows * J, D, generator=generator)
+        if self.twin is not None:
+            eps = torch.randn(rows * J, self.twin.means.shape[1], generator=generator)
+            sign = -1.0 if negate else 1.0
+            return self.twin.images_of(sign * g, sign * eps, capsules, restricted and not negate).float().cpu()
         poses = -g if negate else self._poses(g, capsules, restricted)
         return self.decode_codes(self._codes(poses, capsules))
 
     def interpolate(self, rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
         """rows x cols images: row r walks a great circle between two Gaussian poses of capsule
-        r mod J (on ``model.sample_domain``), the other capsules zero."""
+        r mod J (on ``model.sample_domain``), the other capsules zero. The twin: the same great
+        circles of latents in component r mod J, noise-free (clamped into the core when restricted)."""
         self.require_decoder()
         restricted = self._domain(None)
         J, D = self.config.code_capsules, self.config.code_dim
         capsules = torch.arange(rows) % J
+        if self.twin is not None:
+            ends = [torch.randn(rows, D, generator=generator) for _ in range(2)]
+            path = slerp(ends[0], ends[1], torch.linspace(0, 1, cols)).reshape(rows * cols, D)
+            return self.twin.images_of(path, torch.zeros(rows * cols, self.twin.means.shape[1]),
+                                       capsules.repeat_interleave(cols), restricted).float().cpu()
         ends = [self._poses(torch.randn(rows, D, generator=generator), capsules, restricted) for _ in range(2)]
         path = slerp(ends[0], ends[1], torch.linspace(0, 1, cols)).reshape(rows * cols, D)
         return self.decode_codes(self._codes(path, capsules.repeat_interleave(cols)))
@@ -229,15 +297,26 @@ class PoETask(Task, Generative, CapsuleSampling):
           (AE encoder, W, U, AE decoder) in pixels;
         - negative_full, negative_restricted: the share of ``eval_n`` samples whose background is
           brighter than the foreground (Hauser's negatives), on each domain with the same poses.
+
+        The twin has no capsule errors (mean_capsule_error, w_*, code_*, u_recon); once its mixture
+        is fitted: pixel_mse (AE encoder, the mixture's posterior projection, AE decoder),
+        mixture_loglik (mean log p of the test features per dimension) and the two negative shares.
         """
-        cfg, model = self.config, self.model
+        cfg, model = self.config, self.caps
         n = min(len(batch.images), cfg.eval_n)
         x = batch.images[:n].to(self.device)
         done = self.steps_done()
         out = {"n": n, "stage": float(max(i for i, d in enumerate(done) if d) if any(done) else 0),
-               "ae_mse": float(F.mse_loss(model.ae(x), x))}
+               "ae_mse": float(F.mse_loss(self.model.ae(x), x))}
         if not done[1]:
             return out
+        if self.twin is not None:
+            if not self.decoder_ready():
+                return out
+            f = self.twin.features(x)
+            out.update(pixel_mse=float(F.mse_loss(self.twin.reconstruct(x), x)),
+                       mixture_loglik=float(self.twin.statistics(f).loglik) / f.numel())
+            return self._negatives(out, n)
         raw = model.primary_capsules(x)
         out["mean_capsule_error"] = float(capsule_reconstruction_error(raw, model.capsule_mean.expand_as(raw)))
         caps = model.visible_capsules(x)
@@ -252,6 +331,14 @@ class PoETask(Task, Generative, CapsuleSampling):
         decoded = model.decode(m.x_out)
         out.update(u_recon=float(capsule_reconstruction_error(caps, decoded)),
                    pixel_mse=float(F.mse_loss(model.capsules_to_images(decoded), x)))
+        return self._negatives(out, n)
+
+    def decoder_ready(self) -> bool:
+        """Whether samples can be drawn: U trained (the twin: its mixture fitted)."""
+        return bool(self.twin.fitted) if self.twin is not None else self.steps_done()[3] > 0
+
+    def _negatives(self, out: dict[str, float], n: int) -> dict[str, float]:
+        cfg = self.config
         for domain in DOMAINS:
             g = torch.Generator().manual_seed(cfg.fixed_seed)   # the same poses on both domains
             out[f"negative_{domain}"] = negative_share(self.sample_capsules(n, None, domain, g))
@@ -262,11 +349,15 @@ class PoETask(Task, Generative, CapsuleSampling):
     def reconstruction_rows(self, images: torch.Tensor) -> torch.Tensor:
         """Images [n, C, H, W] and their reconstructions stacked by rows on the CPU: the images, the
         autoencoder's, then (once the statistics exist) W's reverse route decoded to pixels, then
-        (once U is trained) the whole model's (AE encoder, W, U, AE decoder)."""
-        model, done = self.model, self.steps_done()
+        (once U is trained) the whole model's (AE encoder, W, U, AE decoder). The twin: the images,
+        the autoencoder's, and once fitted the mixture's (AE encoder, posterior projection, AE decoder)."""
+        model, done = self.caps, self.steps_done()
         x = images.to(self.device)
-        rows = [x, model.ae(x)]
-        if done[1]:
+        rows = [x, self.model.ae(x)]
+        if self.twin is not None:
+            if self.decoder_ready():
+                rows.append(self.twin.reconstruct(x))
+        elif done[1]:
             caps = model.visible_capsules(x)
             m = mix_by_routing(caps, model.encoder_weight, self.config.routing_iterations)
             rows.append(model.capsules_to_images(m.x_rec))
@@ -291,7 +382,7 @@ class PoETask(Task, Generative, CapsuleSampling):
                 picks = firsts or picks
             paths.append(save_image_grid(self.reconstruction_rows(batch.images[picks]),
                                          out_dir / "reconstructions.png", ncol=len(picks), scale=2))
-            if done[3]:
+            if self.decoder_ready():
                 J = self.config.code_capsules
                 for name, domain, negate in (("full", "full", False), ("restricted", "restricted", False),
                                              ("negated", "full", True)):
@@ -302,7 +393,7 @@ class PoETask(Task, Generative, CapsuleSampling):
                 paths.append(save_image_grid(self.interpolate(min(J, 10), 10, g), out_dir / "interpolation.png",
                                              ncol=10, scale=2))
         metrics = RunDir(out_dir.parent).read_metrics()
-        keys = [(split, k) for split, k in (("train", "ae_loss"), ("train", "w_recon"), ("train", "u_recon"),
+        keys = [(split, k) for split, k in (("train", "ae_loss"), ("train", "w_recon"), ("train", "u_recon"), ("train", "em_loglik"),
                                             ("test", "ae_mse"), ("test", "w_recon"), ("test", "pixel_mse"))
                 if any(r.get("split") == split and k in r for r in metrics)]
         if keys:

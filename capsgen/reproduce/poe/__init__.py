@@ -10,7 +10,7 @@ from typing import Any
 
 from capsgen.reproduce.args import name_list
 
-from capsgen.reproduce.poe.spec import ARMS
+from capsgen.reproduce.poe.spec import ARM_CHOICES, ARMS
 
 DESCRIPTION = ("Products of expert capsules (Hauser): paper setting and centred capsules vs a DCGAN of equal wall "
                "clock; figure-2 grids, negatives full vs restricted, per-capsule class purity, FID/precision/recall")
@@ -24,8 +24,9 @@ def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
     p.add_argument("--budget", type=float, required=True, metavar="MINUTES",
                    help="training minutes of each poe run (its stage lengths are planned from timed steps); "
                    "the baseline gets the mean time the poe runs took")
-    p.add_argument("--arms", type=name_list(ARMS), default=ARMS, metavar="hauser,centred",
-                   help="which settings: hauser (the paper as printed), centred (capsgen's default)")
+    p.add_argument("--arms", type=name_list(ARM_CHOICES), default=ARMS, metavar="hauser,centred",
+                   help="which settings: hauser (the paper as printed), centred (capsgen's default), twin (the "
+                   "non-capsule twin of centred: a PPCA mixture on the same autoencoder, at centred's steps)")
     p.add_argument("--baseline", default="dcgan", help="a generative family trained for the same wall clock "
                    "(default dcgan; none = skip)")
     p.add_argument("--per-capsule", type=int, default=100, help="samples per capsule and domain (default 100)")

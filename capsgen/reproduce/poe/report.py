@@ -34,7 +34,9 @@ def settings_rows(s: Settings, st: dict[str, Any]) -> list[str]:
             continue
         m = t["model"]
         sps = cal["seconds_per_step"] if cal else {}
-        rows.append([arm, ARM_LABEL[arm], "yes" if m["centre_capsules"] else "no", m["decoder_rule"],
+        caps = not m.get("twin")
+        rows.append([arm, ARM_LABEL[arm], ("yes" if m["centre_capsules"] else "no") if caps else "–",
+                     m["decoder_rule"] if caps else "–",
                      f"{m['ae_steps']} / {m['stat_steps']} / {m['w_steps']} / {m['u_steps']}",
                      " / ".join(f"{sps[k]:.3g}" for k in ("ae", "stats", "w", "u") if k in sps) or "–",
                      f"{t['steps']}", f"{t['seconds']:.0f}", t["diverged"] or "no"])

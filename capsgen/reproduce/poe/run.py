@@ -34,7 +34,7 @@ import torch
 
 from capsgen.config import TrainConfig
 from capsgen.errors import CapsgenError
-from capsgen.reproduce.poe.spec import (ARM_PRESET, ARMS, EVAL_SHARE, EVALS_PER_RUN, STAGE_SHARES, STAT_STEPS,
+from capsgen.reproduce.poe.spec import (ARM_CHOICES, ARM_PAIRS, ARM_PRESET, EVAL_SHARE, TWIN_OF, EVALS_PER_RUN, STAGE_SHARES, STAT_STEPS,
                                         Settings)
 from capsgen.reproduce.common import Results, open_report_folder, say
 
@@ -83,6 +83,16 @@ def applicable(family: str, extra: tuple[str, ...]) -> list[str]:
     return keep
 
 
+def arm_pairs(arm: str, extra: tuple[str, ...]) -> list[str]:
+    """The arm's own pairs and the ``--set`` pairs of ``extra`` that its poe model reads: the twin
+    drops the capsule-only fields (PoEConfig.CAPSULE_FIELDS), the capsule arms the twin-only one."""
+    from capsgen.models.poe.config import PoEConfig
+
+    skip = set(PoEConfig.CAPSULE_FIELDS) if arm == "twin" else {"em_batches"}
+    keep = [p for p in applicable("poe", extra) if p.split("=", 1)[0].strip().rpartition(".")[2] not in skip]
+    return [*ARM_PAIRS[arm], *keep]
+
+
 def arm_configs(s: Settings, arm: str, stages: dict[str, int]) -> tuple[Any, Any]:
     """The poe run of ``arm`` with the planned stage lengths (a user's --set of them wins)."""
     from capsgen import runs
@@ -91,7 +101,7 @@ def arm_configs(s: Settings, arm: str, stages: dict[str, int]) -> tuple[Any, Any
     plan = [f"model.ae_steps={stages['ae']}", f"model.stat_steps={stages['stats']}",
             f"model.w_steps={stages['w']}", f"model.u_steps={stages['u']}",
             f"train.eval_every={max(1, total // EVALS_PER_RUN)}", "train.checkpoint_every=50", "train.log_every=10"]
-    return runs.make_configs("poe", [*plan, *applicable("poe", s.extra)], preset=ARM_PRESET[arm], data=s.data,
+    return runs.make_configs("poe", [*plan, *arm_pairs(arm, s.extra)], preset=ARM_PRESET[arm], data=s.data,
                              data_dir=s.data_dir, seed=s.seed, batch_size=s.batch_size)
 
 
@@ -205,17 +215,26 @@ def _real_by_class(test: Any) -> dict[int, torch.Tensor]:
 
 
 def measure_arm(s: Settings, arm: str, folder: Path, evaluator: Any, test: Any) -> dict[str, Any]:
-    """Errors, negatives, per-capsule purity and spread, sample metrics and grids of one poe run."""
+    """:func:`measure_run` of the arm's run, ``runs/<arm>``."""
+    return measure_run(s, folder / "runs" / arm, arm, folder, evaluator, test)
+
+
+def measure_run(s: Settings, run_dir: Path, arm: str, folder: Path, evaluator: Any, test: Any) -> dict[str, Any]:
+    """Errors, negatives, per-capsule purity and spread, sample metrics and grids of one poe run
+    (figures named after ``arm``, under ``folder``). A twin run (``--twin``) is measured the same
+    way, with its mixture components in the place of the code capsules: "capsule j" is then
+    component j, so its purity is the share of component j's samples in their dominant class."""
     from capsgen.eval.report_metrics import evaluate_samples
     from capsgen.models.poe.nets import negative_mask
     from capsgen.models.poe.task import GRID_ROWS
     from capsgen.report.figures import to_uint8_hwc
     from capsgen.runs import open_run
 
-    opened = open_run(folder / "runs" / arm, "last")
+    opened = open_run(run_dir, "last")
     task = opened.task
-    if task.steps_done()[3] == 0:
-        return {"no_decoder": f"the run stopped before U was trained (steps per stage {task.steps_done()})"}
+    if not task.decoder_ready():
+        return {"no_decoder": f"the run stopped before U (a twin: its mixture) was trained (steps per stage "
+                              f"{task.steps_done()})"}
     J, R = task.num_capsules(), s.per_capsule
     task.config.eval_n = min(TEST_IMAGES, len(test))     # in memory only: errors on more test images
     out: dict[str, Any] = {"errors": task.evaluate(test), "steps_done": task.steps_done()}
@@ -287,9 +306,9 @@ def check_settings(s: Settings) -> None:
     if s.seed < 0 or s.batch_size < 1 or s.per_capsule < 2:
         raise CapsgenError(f"--seed must be >= 0, --batch-size >= 1 and --per-capsule >= 2 "
                            f"(got {s.seed}, {s.batch_size}, {s.per_capsule})")
-    bad = [a for a in s.arms if a not in ARMS]
+    bad = [a for a in s.arms if a not in ARM_CHOICES]
     if bad or not s.arms:
-        raise CapsgenError(f"unknown --arms {','.join(bad) or '(none)'}; choose from: {', '.join(ARMS)}")
+        raise CapsgenError(f"unknown --arms {','.join(bad) or '(none)'}; choose from: {', '.join(ARM_CHOICES)}")
     if s.baseline != "none":
         if s.baseline not in FAMILIES:
             raise CapsgenError(f"--baseline {s.baseline!r} is not a family; choose one of: "
@@ -324,9 +343,11 @@ def run(s: Settings) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     res = Results(folder, s)
     t_start = time.perf_counter()
-    for arm in s.arms:
+    for arm in sorted(s.arms, key=lambda a: a == "twin"):      # the twin after the arm whose steps it takes
         cal = res.stage(f"calibrate/{arm}", lambda arm=arm: calibrate(s, arm))
-        res.stage(f"train/{arm}", lambda arm=arm, cal=cal: train_run(folder, arm, lambda: arm_configs(s, arm, cal["plan"])))
+        # the twin at its capsule arm's steps: the same autoencoder training, EM in W's and U's steps
+        plan = res.get(f"calibrate/{TWIN_OF}")["plan"] if arm == "twin" and TWIN_OF in s.arms else cal["plan"]
+        res.stage(f"train/{arm}", lambda arm=arm, plan=plan: train_run(folder, arm, lambda: arm_configs(s, arm, plan)))
     if s.baseline != "none":
         seconds = [res.get(f"train/{a}")["seconds"] for a in s.arms]
         minutes = statistics.fmean(seconds) / 60

@@ -7,13 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# The two settings of the products of expert capsules, each one poe run.
+# The two settings of the products of expert capsules, each one poe run (the default arms), and the
+# non-capsule twin of the centred one (--arms ...,twin): the same autoencoder and steps with a PPCA
+# mixture in place of the capsules, so its component j is measured where capsule j is.
 ARMS = ("hauser", "centred")
-ARM_PRESET = {"hauser": "hauser", "centred": None}
+ARM_CHOICES = (*ARMS, "twin")
+ARM_PRESET = {"hauser": "hauser", "centred": None, "twin": None}
+ARM_PAIRS = {"hauser": (), "centred": (), "twin": ("model.twin=true",)}
 ARM_LABEL = {
     "hauser": "the paper as printed (preset hauser): raw capsules, section 4.1's decoder rule",
     "centred": "capsgen's default: capsules centred on their training mean, Gaussian decoder rule",
+    "twin": "the non-capsule twin of centred (--twin): the same autoencoder and steps, a PPCA mixture fitted by "
+            "EM in place of W, routing and U; 'capsule j' is mixture component j",
 }
+# The twin takes this arm's planned stage lengths when both are run (equal steps), else its own plan.
+TWIN_OF = "centred"
 DOMAINS = ("full", "restricted")
 
 # How the training budget of one poe run is split over its stages (after the stats stage's fixed
