@@ -61,6 +61,18 @@ def test_three_arms_per_seed_equal_steps_and_verdicts(tmp_path, cache, capsys):
     assert results(out)["stages"] == json.loads(before)["stages"]
 
 
+def test_equal_steps_first_gives_the_twin_the_capsule_runs_wall_clock(tmp_path, cache):
+    out = tmp_path / "rep"
+    assert main(["reproduce", "twins", "--data", "digits", "--out", str(out), "--steps", "6", "--n", "40",
+                 "--seeds", "0", "--pairs", "capsulegan:trunk-hinge", "--no-grids", *SHRINK]) == 0
+    st = results(out)["stages"]
+    cap = st["train/capsulegan:trunk-hinge/s0/capsule"]
+    assert cap["steps"] == st["train/capsulegan:trunk-hinge/s0/twin-steps"]["steps"] == 6
+    cfg = json.loads((out / st["train/capsulegan:trunk-hinge/s0/twin-time"]["run"] / "config.json").read_text())
+    assert cfg["train"]["steps"] is None and cfg["train"]["minutes"] == pytest.approx(cap["seconds"] / 60)
+    assert "6 steps per capsule run" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--pairs", "dcgan"], "dcgan has no twin"),
     (["--pairs", "nosuch:x"], "unknown family"),
@@ -68,6 +80,8 @@ def test_three_arms_per_seed_equal_steps_and_verdicts(tmp_path, cache, capsys):
     (["--set", "train.steps=5"], "the reproduction sets it"),
     (["--budget", "0"], "--budget must be a positive"),
     (["--n", "3"], "--n must be at least 10"),
+    (["--steps", "5"], "not both"),
+    (["--steps", "0"], "not both"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cache, capsys, args, message):
     out = tmp_path / "rep"

@@ -24,8 +24,11 @@ def pair_list(text: str) -> tuple[str, ...]:
 def add_arguments(p: argparse.ArgumentParser, dataset_names: list[str]) -> None:
     p.add_argument("--data", required=True, choices=dataset_names, help="dataset name")
     p.add_argument("--data-dir", help="folder holding the dataset's standard files")
-    p.add_argument("--budget", type=float, required=True, metavar="MINUTES",
+    p.add_argument("--budget", type=float, metavar="MINUTES",
                    help="wall-clock minutes of each capsule run and of its equal-time twin")
+    p.add_argument("--steps", type=int, metavar="N", help="instead of --budget: steps of each capsule run and of "
+                   "its equal-steps twin (the equal-time twin then gets the capsule run's wall clock); the "
+                   "comparison that does not depend on what else the machine runs")
     p.add_argument("--seeds", type=seed_list, default=(0, 1, 2), metavar="0,1,2")
     p.add_argument("--pairs", type=pair_list, default=(), metavar="FAMILY[:PRESET],…",
                    help=f"which capsule models (default every one whose family has a twin, of {','.join(PAIRS)})")
@@ -41,7 +44,7 @@ def main(args: Any, command: str) -> dict[str, str]:
     from capsgen.reproduce.twins.run import run
     from capsgen.reproduce.twins.spec import Settings
 
-    s = Settings(data=args.data, budget=args.budget, out=args.out or f"reports/twins-{args.data}",
+    s = Settings(data=args.data, budget=args.budget, steps=args.steps, out=args.out or f"reports/twins-{args.data}",
                  data_dir=args.data_dir, seeds=args.seeds, pairs=args.pairs, n=args.n, extra=tuple(args.set),
                  command=command, grids=not args.no_grids)
     path = run(s)

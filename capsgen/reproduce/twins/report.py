@@ -103,13 +103,15 @@ def write_reports(folder: Path, s: Settings, data: dict[str, Any]) -> Path:
         lines, v = pair_section(pair, s, stages)
         sections += lines
         verdicts += v
+    length = (f"{s.budget:g} minutes of wall clock per capsule run" if s.steps is None else
+              f"{s.steps:,} steps per capsule run (the equal-time twin gets the capsule run's wall clock)")
     wins = [v for v in verdicts if v["verdict"] == "capsule better"]
     losses = [v for v in verdicts if v["verdict"] == "twin better"]
     md = [f"# Capsule models against their matched twins — {s.data}", "",
           "Does the capsule part help? Each capsule model is compared with its *twin*: the same network, loss, "
           "data, budget and tuning with the capsule part replaced (`capsgen train FAMILY --twin`), at equal wall "
           "clock and at equal steps (the twin trained for exactly the steps the capsule model reached).", "",
-          f"**Scale**: {s.budget:g} minutes of wall clock per capsule run, seeds {', '.join(map(str, s.seeds))}, "
+          f"**Scale**: {length}, seeds {', '.join(map(str, s.seeds))}, "
           f"{s.n} test images and samples per evaluation; {os.cpu_count()} CPU cores, torch {torch.__version__} "
           f"on {platform.machine()} (each run's thread count is in its config.json).", "",
           f"**Command**: `{s.command}` (running it again continues an interrupted reproduction).", "",
@@ -130,6 +132,6 @@ def write_reports(folder: Path, s: Settings, data: dict[str, Any]) -> Path:
            "- Equal steps: the twin trains exactly the capsule run's steps; its wall clock then differs.",
            "- Metrics come from capsgen's own evaluator network per dataset (not Inception), on the last weights "
            "(no best-checkpoint selection, which would look at the test split).",
-           f"- The budget ({s.budget:g} minutes) is far below the papers' (hours on GPUs): a verdict here is about "
-           "this scale only.", *[f"- {note}" for note in s.notes], ""]
+           f"- The length ({length}) is far below the papers' (hours on GPUs): a verdict here is about this "
+           "scale only.", *[f"- {note}" for note in s.notes], ""]
     return write_report(folder, f"capsule vs twin — {s.data}", "\n".join(md))

@@ -37,8 +37,10 @@ def twin_pairs() -> tuple[str, ...]:
     return tuple(p for p in PAIRS if split_pair(p)[0] in FAMILIES and FAMILIES[split_pair(p)[0]].config_cls.TWIN)
 
 
-def configs(pair: str, s: Settings, seed: int, twin: bool, steps: int | None) -> tuple[Any, Any]:
-    """The run configs of one arm: ``steps`` None = ``s.budget`` minutes of wall clock alone."""
+def configs(pair: str, s: Settings, seed: int, twin: bool, steps: int | None,
+            minutes: float | None = None) -> tuple[Any, Any]:
+    """The run configs of one arm: exactly ``steps`` steps, or else ``minutes`` (default ``s.budget``)
+    of wall clock alone."""
     from capsgen import runs
 
     family, preset = split_pair(pair)
@@ -49,7 +51,7 @@ def configs(pair: str, s: Settings, seed: int, twin: bool, steps: int | None) ->
     if mcfg.fixed_steps() is None:
         # a preset's own length (karmakar's 10,000 steps) gives way to the experiment's budget
         tcfg.epochs = None
-        tcfg.steps, tcfg.minutes = (steps, None) if steps is not None else (None, s.budget)
+        tcfg.steps, tcfg.minutes = (steps, None) if steps is not None else (None, minutes or s.budget)
     return tcfg, mcfg
 
 
@@ -57,8 +59,12 @@ def check_all(s: Settings) -> None:
     """Every pair's family, twin and config checked before anything is written."""
     from capsgen.models import FAMILIES
 
-    if not s.budget > 0:
+    if (s.budget is None) == (s.steps is None):
+        raise CapsgenError("give --budget MINUTES or --steps N (the capsule run's length), not both")
+    if s.budget is not None and not s.budget > 0:
         raise CapsgenError(f"--budget must be a positive number of minutes, got {s.budget:g}")
+    if s.steps is not None and s.steps < 1:
+        raise CapsgenError(f"--steps must be a positive number of steps, got {s.steps}")
     if s.n < 10:
         raise CapsgenError(f"--n must be at least 10 (test images and samples per evaluation), got {s.n}")
     if not s.pairs:
@@ -72,15 +78,16 @@ def check_all(s: Settings) -> None:
     check_extra(s.extra, sorted({split_pair(p)[0] for p in s.pairs}))
     for pair in s.pairs:
         for twin in (False, True):
-            configs(pair, s, s.seeds[0], twin, None)
+            configs(pair, s, s.seeds[0], twin, s.steps, 1.0)
 
 
 def run_dir_of(folder: Path, pair: str, seed: int, arm: str) -> Path:
     return folder / "runs" / pair.replace(":", "-") / f"s{seed}-{arm}"
 
 
-def train_arm(folder: Path, pair: str, s: Settings, seed: int, arm: str, steps: int | None) -> dict[str, Any]:
-    """Train (or continue) one arm's run; what it reached."""
+def train_arm(folder: Path, pair: str, s: Settings, seed: int, arm: str, steps: int | None,
+              minutes: float | None = None) -> dict[str, Any]:
+    """Train (or continue) one arm's run for ``steps``, or else ``minutes`` (default the budget); what it reached."""
     from capsgen import runs
     from capsgen.runs import open_run
     from capsgen.train.checkpoint import read_checkpoint
@@ -90,12 +97,12 @@ def train_arm(folder: Path, pair: str, s: Settings, seed: int, arm: str, steps: 
     if RunDir(path).is_run():
         say(f"{pair} seed {seed} {arm}: continuing {path}")
         if steps is None:
-            runs.resume(path, minutes=s.budget, progress=False)
+            runs.resume(path, minutes=minutes or s.budget, progress=False)
         else:
             runs.resume(path, steps=steps, progress=False)
     else:
-        tcfg, mcfg = configs(pair, s, seed, arm != "capsule", steps)
-        budget = f"{tcfg.steps} steps" if tcfg.minutes is None else f"{s.budget:g} minutes"
+        tcfg, mcfg = configs(pair, s, seed, arm != "capsule", steps, minutes)
+        budget = f"{tcfg.steps} steps" if tcfg.minutes is None else f"{tcfg.minutes:.4g} minutes"
         say(f"{pair} seed {seed} {arm}: training for {budget} into {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         runs.train_new(tcfg, mcfg, path, progress=False)
@@ -126,9 +133,15 @@ def evaluate_arm(folder: Path, pair: str, s: Settings, seed: int, arm: str) -> d
     return out
 
 
-def steps_of(res: Results, pair: str, seed: int) -> int | None:
+def arm_length(res: Results, s: Settings, pair: str, seed: int, arm: str) -> tuple[int | None, float | None]:
+    """(steps, minutes) of one arm: the capsule run's own; twin-steps its steps; twin-time the budget,
+    or with --steps the wall clock the capsule run took."""
     cap = res.get(f"train/{pair}/s{seed}/capsule")
-    return None if cap is None else cap["steps"]
+    if arm == "capsule":
+        return s.steps, None
+    if arm == "twin-steps":
+        return cap["steps"], None
+    return None, (cap["seconds"] / 60 if s.steps is not None else None)
 
 
 def run(s: Settings) -> Path:
@@ -149,9 +162,9 @@ def run(s: Settings) -> Path:
             for arm in ARMS:
                 if arm == "twin-steps" and family_fixed:
                     continue          # the config fixes the length: twin-time is already equal steps
-                steps = steps_of(res, pair, seed) if arm == "twin-steps" else None
                 res.stage(f"train/{pair}/s{seed}/{arm}",
-                          lambda pair=pair, arm=arm, steps=steps: train_arm(folder, pair, s, seed, arm, steps))
+                          lambda pair=pair, arm=arm: train_arm(folder, pair, s, seed, arm,
+                                                               *arm_length(res, s, pair, seed, arm)))
                 res.stage(f"eval/{pair}/s{seed}/{arm}",
                           lambda pair=pair, arm=arm: evaluate_arm(folder, pair, s, seed, arm))
     return write_reports(folder, s, res.data)

@@ -5,9 +5,13 @@ A *pair* is a capsule model (a family and one of its presets, or its defaults) a
 non-capsule twin (``--twin``: the same network, loss, data, budget and tuning with the capsule part
 replaced; ``capsgen models`` says what replaces it). Three runs per pair and seed:
 
-- ``capsule``: the capsule model for ``budget`` minutes of wall clock;
-- ``twin-time``: the twin for the same minutes (equal wall clock);
+- ``capsule``: the capsule model for ``budget`` minutes of wall clock (or, with ``steps``, for
+  exactly that many steps);
+- ``twin-time``: the twin for the same wall clock (the minutes, or the seconds the capsule run took);
 - ``twin-steps``: the twin for exactly the steps the capsule run reached (equal steps).
+
+Equal wall clock on a shared machine depends on what else runs; equal steps does not. With
+``steps`` the step count is the fixed axis and the wall clock follows the capsule run.
 
 A family whose config fixes the length of a run (``fixed_steps()``, e.g. poe's stages) trains
 both arms for that length: equal steps by construction, and ``twin-time`` is that same run.
@@ -55,8 +59,9 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
 @dataclass
 class Settings:
     data: str
-    budget: float                              # minutes of wall clock per capsule run (and twin-time run)
+    budget: float | None                       # minutes of wall clock per capsule run (and twin-time run)
     out: str
+    steps: int | None = None                   # instead of budget: steps per capsule run (and twin-steps run)
     data_dir: str | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     pairs: tuple[str, ...] = ()
@@ -68,5 +73,6 @@ class Settings:
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the results (a folder is only continued with the same ones)."""
-        return {"data": self.data, "budget": self.budget, "seeds": list(self.seeds), "pairs": list(self.pairs),
+        return {"data": self.data, "budget": self.budget, "steps": self.steps, "seeds": list(self.seeds),
+                "pairs": list(self.pairs),
                 "n": self.n, "extra": list(self.extra), "data_dir": self.data_dir}
