@@ -152,4 +152,9 @@ def cmd_demo(args) -> int:
         from capsgen.eval.run_eval import format_verdict, sample_verdict
 
         print(format_verdict(sample_verdict(str(run.path), n=1000, device=args.device)))
+    # The verdict compares the samples with real digits, not with another model: what the capsules
+    # add is measured against the same network without them (docs/twins.md), so say so.
+    print("what this does not show: whether the capsules help. The same network with dense layers instead of "
+          f"capsules: capsgen train capsulegan --preset {DEMO_PRESET} --twin --data mnist-5k --steps {steps} "
+          f"{' '.join('--set ' + p for p in DEMO_SETS)}; RESULTS.md compares the two")
     return 0

@@ -179,11 +179,10 @@ class CapsuleGANConfig(GANConfig):
         # hinge cost nothing, width 24 and batch 32 bought steps (4 minutes each), 4e-4 instead of
         # 2e-4 closed the 10-minute recall gap to capsgen's DCGAN (round 9), and minibatch std
         # lifted 10-minute recall from 0.485 to 0.545 (resolved; FID 18.7 -> 16.6, not resolved;
-        # no change at 30 minutes). Over 3 seeds at equal wall clock (RESULTS.md, round 10), against
-        # capsgen's DCGAN / a DCGAN given the same batch and rates: at 10 minutes FID 16.6 vs 27.3 /
-        # 19.1 (both resolved), recall 0.55 vs 0.41 (resolved) / 0.55 (level); at 30 minutes FID
-        # 10.5 vs 17.4 / 13.9 and recall 0.70 vs 0.55 / 0.62, all resolved, though that DCGAN makes
-        # 42 % more steps.
+        # no change at 30 minutes). Against DCGANs that differ from it in more than the capsules
+        # (RESULTS.md, round 10) it wins; against its matched twin (--twin: the same network with
+        # the capsule layers replaced by dense layers of the same widths), which isolates what the
+        # capsules buy, see RESULTS.md "Capsule models against their matched twins".
         "trunk-hinge": ("model.preset=trunk-hinge", "model.discriminator=trunk-caps", "model.d_width=24",
                         "model.d_primary_kernel=1", "model.d_primary_stride=1", "model.d_routing_kind=trainable",
                         "model.objective=hinge", "model.lr=4e-4", "model.lr_d=4e-4", "model.d_minibatch_std=4",
