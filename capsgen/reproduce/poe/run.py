@@ -26,17 +26,16 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from capsgen.config import TrainConfig
 from capsgen.errors import CapsgenError
 from capsgen.reproduce.poe.spec import (ARM_CHOICES, ARM_PAIRS, ARM_PRESET, EVAL_SHARE, TWIN_OF, EVALS_PER_RUN, STAGE_SHARES, STAT_STEPS,
                                         Settings)
 from capsgen.reproduce.common import Results, open_report_folder, say
+from capsgen.reproduce.overrides import applicable, check_extra
 
 CALIBRATION_STEPS = 4          # timed steps per stage (the first of each is a warm-up and not counted)
 TEST_IMAGES = 500              # test images of the error measurements
@@ -44,43 +43,9 @@ REAL_PER_CLASS = 200           # real test images per class for the within-class
 
 
 # ------------------------------------------------------------------------------ configs
+# the train fields this reproduction sets from its own options (capsgen.reproduce.overrides)
 OWN_FLAGS = {"data": "--data", "data_dir": "--data-dir", "seed": "--seed", "batch_size": "--batch-size",
              "minutes": "--budget", "epochs": "--budget", "steps": "--budget"}
-
-
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in fields(cls)} - {"family"}
-
-
-def check_extra(extra: tuple[str, ...], families: list[str]) -> None:
-    """A ``--set`` key that no model of the reproduction has, or one it sets itself: one line."""
-    from capsgen.models import get_family
-
-    names = {"train": _field_names(TrainConfig),
-             "model": set().union(*(_field_names(get_family(f).config_cls) for f in families))}
-    for pair in extra:
-        if "=" not in pair:
-            raise CapsgenError(f"--set expects key=value, got {pair!r}")
-        key = pair.split("=", 1)[0].strip()
-        section, _, name = key.rpartition(".")
-        if section in ("", "train") and name in OWN_FLAGS:
-            raise CapsgenError(f"--set {key}: the reproduction sets it; use {OWN_FLAGS[name]}")
-        if section not in ("", "train", "model") or name not in names.get(section, names["train"] | names["model"]):
-            raise CapsgenError(f"--set {key}: no model of this experiment has that field "
-                               f"({', '.join(families)}; e.g. model.w_lr, train.threads)")
-
-
-def applicable(family: str, extra: tuple[str, ...]) -> list[str]:
-    """The ``--set`` pairs of ``extra`` that ``family`` has (train fields go to every model)."""
-    from capsgen.models import get_family
-
-    own = {"train": _field_names(TrainConfig), "model": _field_names(get_family(family).config_cls)}
-    keep = []
-    for pair in extra:
-        section, _, name = pair.split("=", 1)[0].strip().rpartition(".")
-        if (section and name in own.get(section, ())) or (not section and (name in own["train"]) != (name in own["model"])):
-            keep.append(pair)
-    return keep
 
 
 def arm_pairs(arm: str, extra: tuple[str, ...]) -> list[str]:
@@ -89,7 +54,7 @@ def arm_pairs(arm: str, extra: tuple[str, ...]) -> list[str]:
     from capsgen.models.poe.config import PoEConfig
 
     skip = set(PoEConfig.CAPSULE_FIELDS) if arm == "twin" else {"em_batches"}
-    keep = [p for p in applicable("poe", extra) if p.split("=", 1)[0].strip().rpartition(".")[2] not in skip]
+    keep = [p for p in applicable("poe", [], extra) if p.split("=", 1)[0].strip().rpartition(".")[2] not in skip]
     return [*ARM_PAIRS[arm], *keep]
 
 
@@ -108,7 +73,7 @@ def arm_configs(s: Settings, arm: str, stages: dict[str, int]) -> tuple[Any, Any
 def baseline_configs(s: Settings, minutes: float) -> tuple[Any, Any]:
     from capsgen import runs
 
-    return runs.make_configs(s.baseline, applicable(s.baseline, s.extra), data=s.data, data_dir=s.data_dir,
+    return runs.make_configs(s.baseline, applicable(s.baseline, [], s.extra), data=s.data, data_dir=s.data_dir,
                              seed=s.seed, batch_size=s.batch_size, minutes=minutes)
 
 
@@ -333,7 +298,7 @@ def run(s: Settings) -> Path:
         raise CapsgenError(f"{s.data} has no class labels; the capsule purity and the sample metrics use "
                            "capsgen's classifier of the dataset")
     s.channels = int(test.images.shape[-1])
-    check_extra(s.extra, ["poe"] + ([s.baseline] if s.baseline != "none" else []))
+    check_extra(s.extra, ["poe"] + ([s.baseline] if s.baseline != "none" else []), OWN_FLAGS)
     info = runs.data_info(load_split(s.data, "train", s.data_dir))
     for arm in s.arms:                                   # every config (and the network) checked first
         tcfg, mcfg = arm_configs(s, arm, {"ae": 1, "stats": 1, "w": 1, "u": 1})
