@@ -8,15 +8,15 @@ import torch
 from capsgen.data.batch import Batch
 from capsgen.models.capsnet.config import CapsNetConfig
 from capsgen.models.capsnet.nets import CapsNet, capsnet_loss
-from capsgen.models.common import random_shift, require_labels, set_step_lr
+from capsgen.models.common import ClassCapsulePoses, random_shift, require_labels, set_step_lr
 from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
-from capsgen.train.capabilities import Classifying
+from capsgen.train.capabilities import Classifying, RoutingMaps
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
 
-class CapsNetTask(Task, Classifying):
+class CapsNetTask(Task, Classifying, ClassCapsulePoses, RoutingMaps):
     best_metric, best_mode = "test_error", "min"
 
     def __init__(self, config: CapsNetConfig, info: DataInfo, device: torch.device,
@@ -47,6 +47,16 @@ class CapsNetTask(Task, Classifying):
         poses = torch.cat([self.model(images[k:k + batch].to(self.device)).cpu()
                            for k in range(0, len(images), batch)])
         return poses, safe_norm(poses)
+
+    # ------------------------------------------------------------------------------ explore
+    @torch.no_grad()
+    def routing_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The last routing iteration's c_ik [N, K, h, w], averaged over the primary capsule types."""
+        m = self.model
+        grid = m.primary.forward_grid(torch.relu(m.conv(images.to(self.device))))   # [N, T, h, w, 8]
+        n, types, h, w, d = grid.shape
+        _, c = m.classes(grid.reshape(n, -1, d), return_coupling=True)               # c [N, T*h*w, K]
+        return c.view(n, types, h, w, -1).mean(1).permute(0, 3, 1, 2).float().cpu()
 
     def evaluate(self, batch: Batch) -> dict[str, float]:
         images, labels = batch.images, batch.labels

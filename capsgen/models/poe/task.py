@@ -33,14 +33,14 @@ from capsgen.models.poe.nets import PoECapsules, autoencoder_loss, negative_shar
 from capsgen.nn.contrastive import capsule_reconstruction_error, mix_by_routing
 from capsgen.nn.squash import safe_norm, squash
 from capsgen.report.figures import plot_curves, save_image_grid
-from capsgen.train.capabilities import CapsuleSampling, Generative
+from capsgen.train.capabilities import CapsuleSampling, Generative, PoseDecoding, PoseLayout
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
 GRID_ROWS = 4        # samples per capsule in the capsule grids (Hauser's figure 2: 4 rows x 20 capsules)
 
 
-class PoETask(Task, Generative, CapsuleSampling):
+class PoETask(Task, Generative, CapsuleSampling, PoseDecoding):
     """Autoencoder + capsule encoder W + decoder U (:class:`PoECapsules`), trained stage by stage.
 
     Modules: ``model``; optimizers: ``autoencoder`` (Adam on the autoencoder's parameters; W and U
@@ -163,6 +163,27 @@ class PoETask(Task, Generative, CapsuleSampling):
         if n < 0:
             raise CapsgenError(f"the number of images must be >= 0, got {n}")
         return self.model.sample(n, capsule, restricted, generator).float().cpu()
+
+    @torch.no_grad()
+    def capsule_poses(self, n: int, capsule: int, domain: str | None,
+                      generator: torch.Generator) -> torch.Tensor:
+        """The codes [n, J, D] :meth:`sample_capsules` decodes: capsule ``capsule`` holds squash(g)."""
+        restricted = self._domain(domain)
+        self.require_decoder()
+        if n < 0:
+            raise CapsgenError(f"the number of codes must be >= 0, got {n}")
+        return self.model.sample_codes(n, capsule, restricted, generator).float().cpu()
+
+    def pose_layout(self) -> PoseLayout:
+        """The J code capsules; their values are squashed, so each lies in (-1, 1)."""
+        J = self.config.code_capsules
+        return PoseLayout(tuple(f"capsule {j}" for j in range(J)), self.config.code_dim, 1.0)
+
+    def decode_poses(self, poses: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Images through U and the autoencoder from the active capsule's code, the others zero."""
+        self.pose_layout().check(poses, active)
+        self.require_decoder()
+        return self.decode_codes(poses * active.unsqueeze(-1))
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n images, each from a uniformly drawn capsule on ``model.sample_domain``."""
