@@ -128,6 +128,7 @@ def make_handler(explorer: Explorer, log: Callable[[str], None]) -> type[BaseHTT
 class ExploreServer(ThreadingHTTPServer):
     daemon_threads = True      # an open browser connection must not keep Ctrl-C from ending it
     allow_reuse_address = True
+    explorer: Explorer         # what it serves (set by make_server)
 
 
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000,
@@ -141,11 +142,13 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000,
         raise CapsgenError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
     bound = type("ExploreServer", (ExploreServer,), {"address_family": family})   # IPv4 or IPv6 host
     try:
-        return bound((host, port), make_handler(explorer, log))
+        server = bound((host, port), make_handler(explorer, log))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise CapsgenError(f"port {port} on {host} is in use; choose another with --port") from None
         raise CapsgenError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    server.explorer = explorer
+    return server
 
 
 def url_of(server: ExploreServer) -> str:
