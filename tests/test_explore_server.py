@@ -160,3 +160,16 @@ def test_ctrl_c_stops_the_server_with_one_line_and_exit_130(run):
     finally:
         proc.kill()
     assert proc.returncode == 130 and err == "capsgen: interrupted\n"
+
+
+def test_every_page_file_is_package_data():
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = patterns["capsgen.explore"]
+    files = sorted(p.name for p in (root / "capsgen" / "explore" / "static").iterdir())
+    assert files == ["explore.css", "explore.js", "index.html"]
+    assert all(any(fnmatch.fnmatch(f"static/{f}", pat) for pat in shipped) for f in files)

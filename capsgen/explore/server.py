@@ -27,7 +27,7 @@ from capsgen.explore.api import TEST_IMAGES, BadRequest, Explorer, NotFound
 from capsgen.runs import open_run
 from capsgen.train.rundir import RunDir
 
-MAX_BODY = 1_000_000    # bytes of a request body; the largest real one (40 x 2 x 32 poses) is ~30 kB
+MAX_BODY = 1_000_000    # bytes of a request body; the largest real one (CelebA: 40 x 2 x 32 values) is ~50 kB
 STATIC = {"index.html": "text/html; charset=utf-8", "explore.js": "text/javascript; charset=utf-8",
           "explore.css": "text/css; charset=utf-8"}
 
