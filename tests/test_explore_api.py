@@ -85,6 +85,12 @@ def test_class_capsule_runs_encode_decode_and_refuse_bad_values(runs, name):
     if name == "capsnet":
         maps = np.array(enc["routing"])
         assert maps.shape[0] == K and maps.min() >= 0 and maps.max() <= 1
+        # one forward pass gives the maps and exactly encode_poses' capsules; each child's
+        # coupling sums to 1 over the classes, so the type-averaged maps do too
+        x = ex.test.images[5:6]
+        for a, b in zip(ex.task.encode_with_routing(x)[:3], ex.task.encode_poses(x)):
+            assert torch.equal(a, b)
+        assert np.allclose(maps.sum(0), 1, atol=1e-3)
     # Sabour's figure 4: change one value of the active capsule; the image is the model's decoding.
     poses, active = torch.tensor(enc["poses"]), torch.tensor(enc["active"])
     k = int(active.float().argmax())

@@ -149,13 +149,15 @@ class Explorer:
         self._need("encode-poses", "encode images into capsules")
         k = self._test_index(params)
         x = self.test.images[k:k + 1]
-        poses, scores, active = self.task.encode_poses(x)
+        routing = "routing-maps" in self.explorable
+        poses, scores, active, *maps = (self.task.encode_with_routing(x) if routing
+                                        else self.task.encode_poses(x))
         out = {"index": k, "image": png_data_url(x[0]), "poses": poses[0].tolist(),
                "scores": scores[0].tolist(), "active": active[0].tolist(),
                "decoded": png_data_url(self.task.decode_poses(poses, active)[0]),
                "label": None if self.test.labels is None else int(self.test.labels[k])}
-        if "routing-maps" in self.explorable:
-            out["routing"] = self.task.routing_maps(x)[0].round(decimals=4).tolist()
+        if routing:
+            out["routing"] = maps[0][0].round(decimals=4).tolist()
         return out
 
     def decode(self, params: dict) -> dict:

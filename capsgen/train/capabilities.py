@@ -168,9 +168,11 @@ class RoutingMaps(ABC):
     """Shows where in the image the routing sent each class capsule's input from."""
 
     @abstractmethod
-    def routing_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, K, h, w]: for each class capsule k, the coupling coefficient c_ik of the primary
-        capsules i at each position of the h x w primary grid, averaged over capsule types."""
+    def encode_with_routing(self, images: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`PoseEncoding.encode_poses`' (poses, scores, active) and, from the same forward
+        pass, maps [N, K, h, w]: for each class capsule k, the coupling coefficient c_ik of the
+        primary capsules i at each position of the h x w primary grid, averaged over capsule types."""
 
 
 class LatentWalking(ABC):

@@ -50,13 +50,18 @@ class CapsNetTask(Task, Classifying, ClassCapsulePoses, RoutingMaps):
 
     # ------------------------------------------------------------------------------ explore
     @torch.no_grad()
-    def routing_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """The last routing iteration's c_ik [N, K, h, w], averaged over the primary capsule types."""
+    def encode_with_routing(self, images: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``encode_poses`` and the last routing iteration's c_ik [N, K, h, w], averaged over the
+        primary capsule types, in one forward pass (two passes were 2x the cost of an encode)."""
         m = self.model
-        grid = m.primary.forward_grid(torch.relu(m.conv(images.to(self.device))))   # [N, T, h, w, 8]
+        grid = m.primary.forward_grid(torch.relu(m.conv(images.to(self.device))))   # [N, T, h, w, D0]
         n, types, h, w, d = grid.shape
-        _, c = m.classes(grid.reshape(n, -1, d), return_coupling=True)               # c [N, T*h*w, K]
-        return c.view(n, types, h, w, -1).mean(1).permute(0, 3, 1, 2).float().cpu()
+        poses, c = m.classes(grid.reshape(n, -1, d), return_coupling=True)           # c [N, T*h*w, K]
+        poses = poses.float().cpu()
+        lengths = safe_norm(poses)
+        active = torch.nn.functional.one_hot(lengths.argmax(1), lengths.shape[1]).bool()
+        return poses, lengths, active, c.view(n, types, h, w, -1).mean(1).permute(0, 3, 1, 2).float().cpu()
 
     def evaluate(self, batch: Batch) -> dict[str, float]:
         images, labels = batch.images, batch.labels
