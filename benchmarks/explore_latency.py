@@ -10,7 +10,9 @@ attributes for variational capsules in attribute mode.
 
     python benchmarks/explore_latency.py [--repeats 20]
 
-One line per model: ``family (shape) endpoint: median ms per image``.
+One line per model and endpoint: the median milliseconds of one request. /api/decode and
+/api/walk make one image (what a slider drag waits for); /api/encode encodes a picked test image
+and decodes it (one click).
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def main() -> None:
                 enc = ex.handle("encode", {"index": 0})
                 poses, active = enc["poses"], enc["active"]
                 ms = median_ms(lambda: ex.handle("encode", {"index": 1}), args.repeats)
-                print(f"{label} ({shape}) /api/encode: {ms:.1f} ms per image")
+                print(f"{label} ({shape}) /api/encode: {ms:.1f} ms per request (encoding, maps, its decoded image)")
             else:
                 drawn = ex.handle("prior", {"seed": 0, "capsule": 0, "domain": "full"})
                 poses, active = drawn["poses"], drawn["active"]
