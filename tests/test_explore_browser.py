@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -51,19 +53,24 @@ def serving(run: Path):
 
 @contextmanager
 def chromium():
+    """Headless Chromium whose profile and scratch files (its TMPDIR) live in a folder removed
+    afterwards: by default each run left an org.chromium.Chromium.* folder in /tmp."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1100,760", "--disable-extensions", "--no-first-run"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    with tempfile.TemporaryDirectory(prefix="capsgen-chromium-") as scratch:
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1100,760", "--disable-extensions", "--no-first-run",
+                    f"--user-data-dir={scratch}/profile"):
+            opts.add_argument(arg)
+        service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch})
+        driver = webdriver.Chrome(service=service, options=opts)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def wait_for(driver, script: str, what: str):
