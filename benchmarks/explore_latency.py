@@ -32,20 +32,20 @@ from capsgen.train.task import DataInfo
 
 DIGITS = DataInfo("mnist", (1, 28, 28), 10, [str(k) for k in range(10)], 60000)
 CELEBA = DataInfo("celeba", (3, 64, 64), None, None, 162770, [f"attr{a}" for a in range(40)])
-MODELS = [  # (label, family, preset pairs, data)
-    ("capsnet", "capsnet", [], DIGITS),
-    ("gcapsnet fc-recon", "gcapsnet", ["model.preset=fc-recon", "model.arch=fc", "model.reconstruction=true"], DIGITS),
-    ("vcaps class", "vcaps", [], DIGITS),
-    ("vcaps attributes", "vcaps", [], CELEBA),
-    ("poe", "poe", [], DIGITS),
-    ("dcgan", "dcgan", [], DIGITS),
-    ("capsulegan", "capsulegan", [], DIGITS),
-    ("acgan", "acgan", [], DIGITS),
+MODELS = [  # (label, family, preset (None: the defaults), data); gcapsnet's default has no decoder
+    ("capsnet", "capsnet", None, DIGITS),
+    ("gcapsnet fc-recon", "gcapsnet", "fc-recon", DIGITS),
+    ("vcaps class", "vcaps", None, DIGITS),
+    ("vcaps attributes", "vcaps", None, CELEBA),
+    ("poe", "poe", None, DIGITS),
+    ("dcgan", "dcgan", None, DIGITS),
+    ("capsulegan", "capsulegan", None, DIGITS),
+    ("acgan", "acgan", None, DIGITS),
 ]
 
 
-def explorer_of(family: str, pairs: list[str], info: DataInfo) -> Explorer:
-    tcfg, mcfg = make_configs(family, pairs)
+def explorer_of(family: str, preset: str | None, info: DataInfo) -> Explorer:
+    tcfg, mcfg = make_configs(family, [], preset)
     task = build_task(tcfg, mcfg, info)
     task.train_mode(False)
     if family == "poe":
@@ -71,15 +71,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    for label, family, pairs, info in MODELS:
-        ex = explorer_of(family, pairs, info)
+    for label, family, preset, info in MODELS:
+        ex = explorer_of(family, preset, info)
         shape = "x".join(map(str, info.shape))
         if "decode-poses" in ex.explorable:
             if "encode-poses" in ex.explorable:
                 enc = ex.handle("encode", {"index": 0})
                 poses, active = enc["poses"], enc["active"]
                 ms = median_ms(lambda: ex.handle("encode", {"index": 1}), args.repeats)
-                print(f"{label} ({shape}) /api/encode: {ms:.1f} ms per request (encoding, maps, its decoded image)")
+                parts = "encoding, routing maps" if "routing-maps" in ex.explorable else "encoding"
+                print(f"{label} ({shape}) /api/encode: {ms:.1f} ms per request ({parts}, its decoded image)")
             else:
                 drawn = ex.handle("prior", {"seed": 0, "capsule": 0, "domain": "full"})
                 poses, active = drawn["poses"], drawn["active"]
