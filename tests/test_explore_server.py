@@ -152,7 +152,9 @@ def test_a_busy_port_a_bad_run_and_a_run_in_training_are_one_line(run, tmp_path,
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_server_with_one_line_and_exit_130(run):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # PYTHONFAULTHANDLER: a server that does not stop is made to dump its threads (SIGABRT) below
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen([sys.executable, "-m", "capsgen", "explore", str(run), "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -160,9 +162,16 @@ def test_ctrl_c_stops_the_server_with_one_line_and_exit_130(run):
         assert "capsgen explore: capsnet run" in line and "http://127.0.0.1:" in line
         url = line.split(" at ", 1)[1].split()[0]
         host, port = url.removeprefix("http://").rstrip("/").split(":")
-        assert request(type("S", (), {"server_address": (host, int(port))}), "GET", "/api/describe")[0] == 200
+        # a client that stays connected, as a browser does (keep-alive), must not hold Ctrl-C up
+        browser = http.client.HTTPConnection(host, int(port), timeout=30)
+        assert request(None, "GET", "/api/describe", conn=browser)[0] == 200
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail("still serving 30 s after Ctrl-C; its threads:\n" + proc.communicate(timeout=30)[1])
+        browser.close()
     finally:
         proc.kill()
     assert proc.returncode == 130 and err == "capsgen: interrupted\n"

@@ -55,6 +55,7 @@ def make_handler(explorer: Explorer, log: Callable[[str], None]) -> type[BaseHTT
     class Handler(BaseHTTPRequestHandler):
         server_version = "capsgen-explore"
         protocol_version = "HTTP/1.1"
+        timeout = 120          # seconds an idle kept-alive connection may hold its thread
 
         def log_message(self, format: str, *args) -> None:   # noqa: A002 - the base class's name
             pass                                              # quiet: one line per problem only
@@ -126,7 +127,9 @@ def make_handler(explorer: Explorer, log: Callable[[str], None]) -> type[BaseHTT
 
 
 class ExploreServer(ThreadingHTTPServer):
-    daemon_threads = True      # an open browser connection must not keep Ctrl-C from ending it
+    # A browser keeps its connections open (keep-alive), each a handler thread waiting for the next
+    # request: daemon threads, which server_close does not wait for, so Ctrl-C ends the server.
+    daemon_threads = True
     allow_reuse_address = True
     explorer: Explorer         # what it serves (set by make_server)
 
