@@ -26,3 +26,15 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300, **kw
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "capsgen", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_capsnet_run(tmp_path_factory) -> Path:
+    """A tiny CapsNet-with-decoder run, 4 steps on digits, trained once per session (the explorer's
+    server and browser tests share it; it is only read)."""
+    from capsgen.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-capsnet") / "run"
+    assert main(["train", "capsnet", "--data", "digits", "--steps", "4", "--batch-size", "16", "--seed", "0",
+                 "--no-progress", "--set", "threads=1", *TINY_CAPSNET, "--out", str(out)]) == 0
+    return out

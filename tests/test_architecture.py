@@ -25,7 +25,7 @@ LAYERS = {
     "capsgen.cli": 6, "capsgen.__main__": 6,
     "capsgen.reproduce": 5,
     "capsgen.sampling": 4, "capsgen.compare": 4, "capsgen.eval.run_eval": 4, "capsgen.eval.evaluator": 4,
-    "capsgen.eval.attribute_evaluator": 4,
+    "capsgen.eval.attribute_evaluator": 4, "capsgen.explore": 4,
     "capsgen.eval.report_metrics": 4, "capsgen.eval.attacks": 4, "capsgen.eval.attack_runs": 4,
     "capsgen.runs": 3,
     "capsgen.models": 2,

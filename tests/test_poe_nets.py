@@ -16,6 +16,7 @@ from capsgen.models.poe.nets import (ConvAutoencoder, PoECapsules, PoEModel, aut
                                      capsules_to_features, features_to_capsules, negative_mask,
                                      negative_share)
 from capsgen.nn import PrimaryCapsules, squash
+from capsgen.nn.contrastive import decode_capsules
 
 try:
     from reference_capsules import ref_primary_flat, ref_primary_grid
@@ -327,3 +328,15 @@ def test_negative_measure_on_positives_negatives_and_colour():
     assert not negative_mask(rim).any() and negative_mask(1 - rim).all()
     with pytest.raises(ValueError):
         negative_mask(torch.rand(2, 1, 4, 4))
+
+
+def test_decode_keeps_u_layouts_only_while_u_is_unchanged():
+    m = tiny_model()
+    code = squash(torch.randn(3, m.cfg.code_capsules, m.cfg.code_dim, generator=torch.Generator().manual_seed(1)))
+    fresh = decode_capsules(code, m.decoder_weight, m.cfg.routing_iterations)
+    assert torch.equal(m.decode(code), fresh) and torch.equal(m.decode(code), fresh)   # built, then kept
+    with torch.no_grad():
+        m.decoder_weight.mul_(1.5)                      # an in-place change (a CD step does this)
+    assert torch.equal(m.decode(code), decode_capsules(code, m.decoder_weight, m.cfg.routing_iterations))
+    m.load_state_dict({**m.state_dict(), "decoder_weight": torch.zeros_like(m.decoder_weight)})
+    assert m.decode(code).abs().sum() == 0

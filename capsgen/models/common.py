@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from capsgen.train.capabilities import PoseDecoding, PoseEncoding, PoseLayout
 from capsgen.train.task import DataInfo, StepContext
 
 
@@ -91,3 +92,26 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, de
 def classification_figures(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """test_error and n from class scores [N, K] and labels [N]."""
     return {"test_error": (scores.argmax(1) != labels).float().mean().item(), "n": len(labels)}
+
+
+class ClassCapsulePoses(PoseDecoding, PoseEncoding):
+    """Pose decoding and encoding for a classifier with Sabour's masked decoder: the task's
+    ``predict(images) -> (poses [N, K, D], lengths [N, K])`` on the CPU and its ``model.decode(
+    poses, labels)`` reconstructing from capsule ``labels[n]`` alone. The active capsule is the
+    longest, as at test time in Sabour et al.; values are squashed, so each lies in (-1, 1)."""
+
+    def pose_layout(self) -> PoseLayout:
+        k = self.info.num_classes
+        names = tuple(self.info.class_names or [str(c) for c in range(k)])
+        return PoseLayout(names, self.model.decoder[0].in_features // k, bound=1.0)
+
+    @torch.no_grad()
+    def decode_poses(self, poses: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        self.pose_layout().check(poses, active)
+        winner = active.long().argmax(1)
+        return self.model.decode(poses.to(self.device), winner.to(self.device)).float().cpu()
+
+    @torch.no_grad()
+    def encode_poses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        poses, lengths = self.predict(images)
+        return poses, lengths, F.one_hot(lengths.argmax(1), lengths.shape[1]).bool()

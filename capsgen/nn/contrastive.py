@@ -66,8 +66,30 @@ def _flush_denormals(fn):
 
 
 # ----------------------------------------------------------------------------- routing pieces
+@dataclass(frozen=True)
+class RoutingWeights:
+    """The re-laid-out copies of one W [I, J, Dout, Din] that routing reads: ``fwd`` [J, I*Din,
+    Dout], ``rev`` [J, Dout, I*Din] and the Gram matrices ``gram`` [I, Din, J*Din]. Building them
+    is most of the cost of routing a small batch — for one image through Hauser's U (20x16 ->
+    576x8), 46 % of the time was these copies and the Grams' bmm — so a caller routing many small
+    batches through a fixed W (``capsgen explore``) builds them once (:func:`routing_weights`)."""
+
+    fwd: torch.Tensor
+    rev: torch.Tensor
+    gram: torch.Tensor
+
+
+def routing_weights(weight: torch.Tensor) -> RoutingWeights:
+    I, J, Dout, Din = weight.shape
+    with torch.no_grad():
+        gram = torch.matmul(weight.transpose(-1, -2), weight)             # [I, J, Din, Din]
+        return RoutingWeights(_weight_in_major(weight), _weight_out_major(weight),
+                              gram.permute(0, 2, 1, 3).reshape(I, Din, J * Din))
+
+
 @_flush_denormals
-def routing_coupling(x: torch.Tensor, weight: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+def routing_coupling(x: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
+                     prepared: RoutingWeights | None = None) -> torch.Tensor:
     """Coupling c [B, I, J] of routing by agreement of inputs x [B, I, Din] through W.
 
     Hauser's choices: cosine agreement (section 2.2) and sum_i c_ij = 1, a softmax over the
@@ -80,15 +102,15 @@ def routing_coupling(x: torch.Tensor, weight: torch.Tensor, iterations: int = 3)
     Every tensor is [J, B, I(, Din)] — half the size of the votes since Din = Dout / 2 — and
     the softmax runs over the contiguous last axis. Measured on 576x8 -> 20x16, batch 64, one
     thread (benchmarks/poe_cd.py): 79 ms against 143 ms for votes + dynamic_routing.
-    No gradient: Algorithm 1 only reads c.
+    No gradient: Algorithm 1 only reads c. ``prepared``: W's :func:`routing_weights`, if the
+    caller has them.
     """
     I, J, Dout, Din = weight.shape
     B = x.shape[0]
     with torch.no_grad():
-        w_fwd = _weight_in_major(weight)                                  # [J, I*Din, Dout]
-        w_rev = _weight_out_major(weight)                                 # [J, Dout, I*Din]
-        gram = torch.matmul(weight.transpose(-1, -2), weight)             # [I, J, Din, Din]
-        gx = torch.bmm(x.transpose(0, 1), gram.permute(0, 2, 1, 3).reshape(I, Din, J * Din))
+        prepared = prepared or routing_weights(weight)
+        w_fwd, w_rev = prepared.fwd, prepared.rev                         # [J, I*Din, Dout], [J, Dout, I*Din]
+        gx = torch.bmm(x.transpose(0, 1), prepared.gram)                  # [I, B, J*Din]
         sq_len = torch.einsum("ibje,ibe->ibj", gx.view(I, B, J, Din), x.transpose(0, 1))   # [I, B, J]
         inv_len = (sq_len + EPS).rsqrt().permute(2, 1, 0)                # [J, B, I]
         xj = x.unsqueeze(0)                                               # [1, B, I, Din]
@@ -123,14 +145,15 @@ def _weight_out_major(weight: torch.Tensor) -> torch.Tensor:
 
 
 def route_forward(x: torch.Tensor, weight: torch.Tensor, c: torch.Tensor,
-                  coupled: torch.Tensor | None = None) -> torch.Tensor:
+                  coupled: torch.Tensor | None = None, w_fwd: torch.Tensor | None = None) -> torch.Tensor:
     """z_j = sum_i c_ij W_ij x_i with c fixed: x [B, I, Din], c [B, I, J] -> z [B, J, Dout].
 
-    ``coupled`` may pass a precomputed :func:`coupled_inputs` (x, c) to avoid building it twice.
+    ``coupled`` may pass a precomputed :func:`coupled_inputs` (x, c) to avoid building it twice,
+    ``w_fwd`` W's :attr:`RoutingWeights.fwd`.
     """
     if coupled is None:
         coupled = coupled_inputs(x, c)
-    return torch.bmm(coupled, _weight_in_major(weight)).transpose(0, 1)
+    return torch.bmm(coupled, _weight_in_major(weight) if w_fwd is None else w_fwd).transpose(0, 1)
 
 
 def route_reverse(y: torch.Tensor, weight: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -303,11 +326,13 @@ def decoder_cd_delta(code: torch.Tensor, target: torch.Tensor, weight_u: torch.T
 
 
 @_flush_denormals
-def decode_capsules(code: torch.Tensor, weight_u: torch.Tensor, iterations: int = 3) -> torch.Tensor:
-    """Decoded capsules zr_i = sum_j e_ji U_ji x_j [B, I, Din] for a code [B, J, Dout]."""
+def decode_capsules(code: torch.Tensor, weight_u: torch.Tensor, iterations: int = 3,
+                    prepared: RoutingWeights | None = None) -> torch.Tensor:
+    """Decoded capsules zr_i = sum_j e_ji U_ji x_j [B, I, Din] for a code [B, J, Dout]
+    (``prepared``: U's :func:`routing_weights`, if the caller keeps them)."""
     with torch.no_grad():
-        e = routing_coupling(code, weight_u, iterations)
-        return route_forward(code, weight_u, e)
+        e = routing_coupling(code, weight_u, iterations, prepared)
+        return route_forward(code, weight_u, e, w_fwd=None if prepared is None else prepared.fwd)
 
 
 # ----------------------------------------------------------------------------- the update rule
@@ -373,7 +398,7 @@ def capsule_reconstruction_error(x: torch.Tensor, x_rec: torch.Tensor) -> torch.
 
 
 __all__ = [
-    "routing_coupling", "coupled_inputs", "route_forward", "route_reverse", "energy_factor",
+    "RoutingWeights", "routing_weights", "routing_coupling", "coupled_inputs", "route_forward", "route_reverse", "energy_factor",
     "free_energy", "Mixing", "mix_by_routing", "outer_sum", "contrastive_delta", "encoder_cd_delta",
     "DECODER_RULES", "DecoderMixing", "decoder_cd_delta", "decode_capsules", "init_capsule_weight", "CDOptimizer",
     "capsule_reconstruction_error",

@@ -161,6 +161,23 @@ class RunDir:
             self._lock_fh = None
             raise CapsgenError(f"{self.path} is in use by another capsgen process") from None
 
+    def in_use(self) -> bool:
+        """Whether a capsgen process holds this run's lock (it is being trained), asked without
+        creating or changing any file: a run that never had a lock file has no writer."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _os_problem(self.path, exc, "read the lock of") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)   # closing drops a shared lock taken just above
+        return False
+
     def unlock(self) -> None:
         if self._lock_fh is not None:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)

@@ -33,7 +33,8 @@ from capsgen.models.acgan.nets import build_discriminator, build_generator, disc
 from capsgen.models.common import require_labels, step_dropout_rng
 from capsgen.models.gan.task import slerp
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
-from capsgen.train.capabilities import ClassConditional, Classifying, Discriminating, Generative
+from capsgen.train.capabilities import (ClassConditional, Classifying, Discriminating, Generative, LatentWalking,
+                                        check_walk)
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
@@ -41,7 +42,7 @@ CHUNK = 500          # images per forward pass when generating or scoring outsid
 MAX_GRID_ROWS = 20   # class rows of a picture (datasets with more classes show the first 20)
 
 
-class ACGANTask(Task, Generative, ClassConditional, Classifying, Discriminating):
+class ACGANTask(Task, Generative, ClassConditional, Classifying, Discriminating, LatentWalking):
     """Class-conditional generator vs a discriminator with source and class heads.
 
     Modules: generator, discriminator; optimizers: Adam for each (``lr``, ``lr_d``, betas).
@@ -151,6 +152,15 @@ class ACGANTask(Task, Generative, ClassConditional, Classifying, Discriminating)
         path = slerp(z[0], z[1], torch.linspace(0, 1, cols)).reshape(rows * cols, -1)
         labels = (torch.arange(rows) % self.num_classes).repeat_interleave(cols)
         return self.generate(path, labels)
+
+    def latent_size(self) -> int:
+        return self.config.latent_dim
+
+    def walk(self, start: torch.Tensor, end: torch.Tensor, t: torch.Tensor,
+             labels: torch.Tensor | None) -> torch.Tensor:
+        """Images of classes labels [N] along the great circle from latent start [L] to end [L]."""
+        check_walk(self.latent_size(), start, end, t, labels, self.num_classes)
+        return self.generate(slerp(start[None].float(), end[None].float(), t.float())[0], labels.long())
 
     def class_grid(self) -> torch.Tensor:
         """The fixed latents in every class: [rows * n_fixed, C, H, W], row k = class k."""

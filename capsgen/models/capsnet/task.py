@@ -8,14 +8,15 @@ import torch
 from capsgen.data.batch import Batch
 from capsgen.models.capsnet.config import CapsNetConfig
 from capsgen.models.capsnet.nets import CapsNet, capsnet_loss
-from capsgen.models.common import random_shift, require_labels, set_step_lr
+from capsgen.models.common import ClassCapsulePoses, random_shift, require_labels, set_step_lr
+from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
-from capsgen.train.capabilities import Classifying
+from capsgen.train.capabilities import Classifying, RoutingMaps
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
 
-class CapsNetTask(Task, Classifying):
+class CapsNetTask(Task, Classifying, ClassCapsulePoses, RoutingMaps):
     best_metric, best_mode = "test_error", "min"
     TWIN_PARTS = ("model.primary", "model.classes", "model.score")   # see capsgen.models.capsnet.nets
 
@@ -38,6 +39,10 @@ class CapsNetTask(Task, Classifying):
         return {"loss": loss.item(), "margin": parts["margin"].item(),
                 "recon_sse": parts["recon_sse"].item(), "accuracy": acc.item()}
 
+    def disabled_capabilities(self) -> tuple[str, ...]:
+        # the twin's dense layer has no coupling coefficients to map
+        return ("routing-maps",) if self.config.twin else ()
+
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class-capsule lengths (twin: its GroupScores) [B, K], differentiable w.r.t. the images."""
         return self.model.scores(self.model(images))
@@ -51,6 +56,21 @@ class CapsNetTask(Task, Classifying):
             poses.append(p.cpu())
             scores.append(self.model.scores(p).cpu())
         return torch.cat(poses), torch.cat(scores)
+
+    # ------------------------------------------------------------------------------ explore
+    @torch.no_grad()
+    def encode_with_routing(self, images: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``encode_poses`` and the last routing iteration's c_ik [N, K, h, w], averaged over the
+        primary capsule types, in one forward pass (two passes were 2x the cost of an encode)."""
+        m = self.model
+        grid = m.primary.forward_grid(torch.relu(m.conv(images.to(self.device))))   # [N, T, h, w, D0]
+        n, types, h, w, d = grid.shape
+        poses, c = m.classes(grid.reshape(n, -1, d), return_coupling=True)           # c [N, T*h*w, K]
+        poses = poses.float().cpu()
+        lengths = safe_norm(poses)
+        active = torch.nn.functional.one_hot(lengths.argmax(1), lengths.shape[1]).bool()
+        return poses, lengths, active, c.view(n, types, h, w, -1).mean(1).permute(0, 3, 1, 2).float().cpu()
 
     def evaluate(self, batch: Batch) -> dict[str, float]:
         images, labels = batch.images, batch.labels

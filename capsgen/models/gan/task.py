@@ -33,7 +33,7 @@ from capsgen.models.gan.losses import objective, p_real
 from capsgen.models.gan.nets import (CapsuleDiscriminator, DCGANDiscriminator, DCGANGenerator, KarmakarGenerator,
                                      TrunkCapsuleDiscriminator, spectral_normed)
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
-from capsgen.train.capabilities import Discriminating, Generative
+from capsgen.train.capabilities import Discriminating, Generative, LatentWalking, check_walk
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
@@ -85,7 +85,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return w0[..., None] * z0[:, None, :] + w1[..., None] * z1[:, None, :]
 
 
-class GANTask(Task, Generative, Discriminating):
+class GANTask(Task, Generative, Discriminating, LatentWalking):
     """Generator vs discriminator. Modules: generator, discriminator (and generator_ema)."""
 
     best_metric = ""   # no single figure says which GAN checkpoint is best; keep 'last'
@@ -222,6 +222,15 @@ class GANTask(Task, Generative, Discriminating):
         z = torch.randn(2, rows, self.config.latent_dim, generator=generator)
         path = slerp(z[0], z[1], torch.linspace(0, 1, cols))
         return self.generate(path.reshape(rows * cols, -1))
+
+    def latent_size(self) -> int:
+        return self.config.latent_dim
+
+    def walk(self, start: torch.Tensor, end: torch.Tensor, t: torch.Tensor,
+             labels: torch.Tensor | None) -> torch.Tensor:
+        """Images along the great circle from latent start [L] to end [L] (:func:`slerp`)."""
+        check_walk(self.latent_size(), start, end, t, labels, num_classes=None)
+        return self.generate(slerp(start[None].float(), end[None].float(), t.float())[0])
 
     def after_step(self, step: int, run: Any, writer: Any = None) -> None:
         every = self.config.sample_every

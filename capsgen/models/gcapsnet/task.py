@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from capsgen.data.batch import Batch
-from capsgen.models.common import random_shift, require_labels, set_step_lr, step_dropout_rng
+from capsgen.models.common import ClassCapsulePoses, random_shift, require_labels, set_step_lr, step_dropout_rng
 from capsgen.models.gcapsnet.config import PAPER_PARAMETER_COUNTS, PAPER_SHAPES, GCapsNetConfig, rounds_to
 from capsgen.models.gcapsnet.nets import build_gcapsnet, classification_loss, count_parameters
 from capsgen.report.figures import save_image_grid
@@ -30,8 +30,13 @@ EVAL_BATCH = 500       # test images per forward pass
 RECON_EVAL_N = 500     # test images whose reconstruction error evaluate() reports
 
 
-class GCapsNetTask(Task, Classifying):
-    """A G-CapsNet (FC, conv, multi-layer) or its CNN baseline. Module and optimizer: ``model``."""
+class GCapsNetTask(Task, Classifying, ClassCapsulePoses):
+    """A G-CapsNet (FC, conv, multi-layer) or its CNN baseline. Module and optimizer: ``model``.
+
+    Only a capsule network with a decoder (``model.reconstruction``) decodes and encodes poses;
+    the others disable both (``disabled_capabilities``). Trainable routing has no per-image
+    coupling coefficients (they are weights), so there are no routing maps.
+    """
 
     best_metric, best_mode = "test_error", "min"
     # where the twin differs (capsgen.models.gcapsnet.nets); multilayer has no "primary" module
@@ -75,6 +80,9 @@ class GCapsNetTask(Task, Classifying):
             outs.append(out.float().cpu())
             scores.append((out if self.model.score_kind == "logit" else self.model.scores(out)).float().cpu())
         return torch.cat(outs), torch.cat(scores)
+
+    def disabled_capabilities(self) -> tuple[str, ...]:
+        return () if self.model.has_decoder else ("decode-poses", "encode-poses")
 
     def error_on(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """Classification error on images [N, C, H, W] in [0, 1] with labels [N] (no state change)."""

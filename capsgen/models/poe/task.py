@@ -41,7 +41,7 @@ from capsgen.nn.contrastive import capsule_reconstruction_error, mix_by_routing
 from capsgen.nn.squash import safe_norm, squash
 from capsgen.nn.twins_poe import EMStatistics
 from capsgen.report.figures import plot_curves, save_image_grid
-from capsgen.train.capabilities import CapsuleSampling, Generative
+from capsgen.train.capabilities import CapsuleSampling, Generative, PoseDecoding, PoseLayout
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
@@ -51,7 +51,7 @@ GRID_ROWS = 4        # samples per capsule in the capsule grids (Hauser's figure
 EM_STATE = tuple(f.name for f in fields(EMStatistics))    # the twin's E-step sums, as extra_state "em_<name>"
 
 
-class PoETask(Task, Generative, CapsuleSampling):
+class PoETask(Task, Generative, CapsuleSampling, PoseDecoding):
     """Autoencoder + capsule encoder W + decoder U (:class:`PoEModel` with its ``capsules``), trained
     stage by stage; or the twin's autoencoder + mixture (``mixture``).
 
@@ -220,6 +220,43 @@ class PoETask(Task, Generative, CapsuleSampling):
             raise CapsgenError(f"the number of images must be >= 0, got {n}")
         model = self.twin if self.twin is not None else self.caps
         return model.sample(n, capsule, restricted, generator).float().cpu()
+
+    @torch.no_grad()
+    def capsule_poses(self, n: int, capsule: int, domain: str | None,
+                      generator: torch.Generator) -> torch.Tensor:
+        """The codes [n, J, D] :meth:`sample_capsules` decodes: capsule ``capsule`` holds squash(g)."""
+        restricted = self._domain(domain)
+        self.require_decoder()
+        if n < 0:
+            raise CapsgenError(f"the number of codes must be >= 0, got {n}")
+        if self.twin is not None:              # component ``capsule``'s latent, as the twin samples it
+            if not 0 <= capsule < self.config.code_capsules:
+                raise CapsgenError(f"component index {capsule} is out of range: the twin has "
+                                   f"{self.config.code_capsules} components (0..{self.config.code_capsules - 1})")
+            g = self.twin.latents(torch.randn(n, self.config.code_dim, generator=generator), restricted)
+            poses = torch.zeros(n, self.config.code_capsules, self.config.code_dim)
+            poses[:, capsule] = g.float().cpu()
+            return poses
+        return self.caps.sample_codes(n, capsule, restricted, generator).float().cpu()
+
+    def pose_layout(self) -> PoseLayout:
+        """The J code capsules; their values are squashed, so each lies in (-1, 1). The twin's J
+        components' latents are N(0, I): the sliders span +-3."""
+        J = self.config.code_capsules
+        if self.twin is not None:
+            return PoseLayout(tuple(f"component {j}" for j in range(J)), self.config.code_dim, 3.0)
+        return PoseLayout(tuple(f"capsule {j}" for j in range(J)), self.config.code_dim, 1.0)
+
+    def decode_poses(self, poses: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Images through U and the autoencoder from the active capsule's code, the others zero
+        (the twin: the active component's mean plus its loadings times the latent, no noise)."""
+        self.pose_layout().check(poses, active)
+        self.require_decoder()
+        if self.twin is not None:
+            k = active.float().argmax(dim=1)
+            g = poses[torch.arange(len(poses)), k]
+            return self.twin.decode_latents(g, k).float().cpu()
+        return self.decode_codes(poses * active.unsqueeze(-1))
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n images, each from a uniformly drawn capsule on ``model.sample_domain``."""

@@ -148,17 +148,30 @@ class MixtureTwin(nn.Module):
                                f"model.em_batches={self.cfg.em_batches} EM steps); finish it with "
                                "capsgen train --resume RUN_DIR")
 
-    def features_of(self, g: torch.Tensor, eps: torch.Tensor, components: torch.Tensor,
+    @staticmethod
+    def latents(g: torch.Tensor, restricted: bool) -> torch.Tensor:
+        """Latents g [N, q] as a domain draws them: unchanged (full), or pulled back into the ball
+        holding half of N(0, I)'s mass (restricted; see the module docstring)."""
+        if not restricted:
+            return g
+        r = math.sqrt(chi2_quantile(g.shape[-1], 0.5))
+        return g * (r / g.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)
+
+    def features_of(self, g: torch.Tensor, eps: torch.Tensor | None, components: torch.Tensor,
                     restricted: bool) -> torch.Tensor:
         """Centred features [N, D] of latents g [N, q] and noise eps [N, D] in ``components`` [N]
-        (see the module docstring for the two domains)."""
+        (see the module docstring for the two domains); ``eps`` None: no noise, g as given."""
         dev = self.means.device
-        g, eps, k = g.to(dev, self.means.dtype), eps.to(dev, self.means.dtype), components.to(dev)
-        if restricted:
-            r = math.sqrt(chi2_quantile(g.shape[-1], 0.5))
-            g = g * (r / g.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)
-        x = self.means[k] + torch.einsum("ndq,nq->nd", self.factors[k], g)
-        return x if restricted else x + self.noise[k].sqrt()[:, None] * eps
+        g, k = g.to(dev, self.means.dtype), components.to(dev)
+        x = self.means[k] + torch.einsum("ndq,nq->nd", self.factors[k], self.latents(g, restricted))
+        if restricted or eps is None:
+            return x
+        return x + self.noise[k].sqrt()[:, None] * eps.to(dev, self.means.dtype)
+
+    def decode_latents(self, g: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+        """Images [N, C, H, W] of latents g [N, q] in ``components`` [N], as given (no noise)."""
+        with torch.no_grad():
+            return self.features_to_images(self.features_of(g, None, components, restricted=False))
 
     def images_of(self, g: torch.Tensor, eps: torch.Tensor, components: torch.Tensor, restricted: bool,
                   batch: int = 256) -> torch.Tensor:

@@ -54,13 +54,14 @@ from capsgen.models.vcaps.nets import build_networks, capsule_layout
 from capsgen.nn.variational import lsgan_d_loss, lsgan_g_loss, reconstruction_loss, target_mask
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import (AttributeConditional, AttributePredicting, ClassConditional, Classifying,
-                                        Generative)
+                                        Generative, PoseDecoding, PoseEncoding, PoseLayout, PosePrior)
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
 CHUNK = 250          # images per forward pass outside training
 BANK_SIZE = 2048     # attribute vectors kept for drawing random attribute combinations
 MAX_ROWS = 40        # rows of a class or attribute grid (CelebA has 40 attributes)
+POSE_BOUND = 5.0     # capsule values a user may set: N(0, 1) draws pass 5 once in 1.7 million
 
 
 class AttributeBank(torch.nn.Module):
@@ -89,7 +90,8 @@ class AttributeBank(torch.nn.Module):
         return self.bank[:k].cpu()[torch.randint(0, k, (n,), generator=generator)].float()
 
 
-class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classifying, AttributePredicting):
+class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classifying, AttributePredicting,
+                PoseDecoding, PoseEncoding, PosePrior):
     """Variational capsule network (Huang et al.). Modules: autoencoder (encoder + decoder),
     discriminator when ``beta > 0``, attribute_bank in attribute mode; optimizers: Adam for the
     autoencoder and the discriminator. The twin differs in the encoder's reader of its head and
@@ -342,6 +344,35 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         caps = self.predicted_input(self.encode(torch.cat([a, b])))
         out = self.code.swap(caps[: len(a)], caps[len(a):], count)
         return self.decode(out.flatten(0, 1)).view(len(a), count, *self.info.shape)
+
+    # ------------------------------------------------------------------------------ explore
+    def pose_layout(self) -> PoseLayout:
+        """Class mode: the K class capsules. Attribute mode: attribute a's "absent" and "present"
+        capsules at 2a and 2a + 1 (the (A, 2) layout flattened)."""
+        if self.mode == "class":
+            names = tuple(self.info.class_names or [str(k) for k in range(self.info.num_classes)])
+            return PoseLayout(names, self.config.caps_dim, POSE_BOUND)
+        names = tuple(f"{a}={v}" for a in self.info.attribute_names for v in ("0", "1"))
+        return PoseLayout(names, self.config.caps_dim, POSE_BOUND, pairs=True)
+
+    def decode_poses(self, poses: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        self.pose_layout().check(poses, active)
+        caps = poses.view(len(poses), *self.caps, -1)
+        return self.decode(self.ae.masked(caps, active.view(len(poses), *self.caps)))
+
+    def encode_poses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Means [N, K, D] (clipped to the bound), -KL [N, K] as scores, the least-KL capsules active."""
+        mu, _, kl = self.encode(images)
+        n = len(images)
+        active = min_kl_mask(kl).bool().view(n, -1)
+        return mu.clamp(-POSE_BOUND, POSE_BOUND).view(n, active.shape[1], -1), -kl.view(n, -1), active
+
+    def sample_poses(self, active: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """N(0, I) capsules for the active ones (§3.3's generation path), clipped to the bound."""
+        layout = self.pose_layout()
+        z = torch.randn(len(active), len(layout.names), layout.dim, generator=generator)
+        layout.check(torch.zeros_like(z), active)
+        return z.clamp(-POSE_BOUND, POSE_BOUND) * active.unsqueeze(-1)
 
     # ------------------------------------------------------------------------------ pictures
     def fixed_grid(self) -> torch.Tensor:
