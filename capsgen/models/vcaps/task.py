@@ -51,7 +51,7 @@ from capsgen.data.batch import Batch
 from capsgen.models.vcaps.codes import CapsuleCode, Posterior, TwinCode
 from capsgen.models.vcaps.config import VCapsConfig
 from capsgen.models.vcaps.nets import build_networks, capsule_layout
-from capsgen.nn.variational import lsgan_d_loss, lsgan_g_loss, reconstruction_loss, target_mask
+from capsgen.nn.variational import lsgan_d_loss, lsgan_g_loss, min_kl_mask, reconstruction_loss, target_mask
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import (AttributeConditional, AttributePredicting, ClassConditional, Classifying,
                                         Generative, PoseDecoding, PoseEncoding, PoseLayout, PosePrior)
@@ -137,9 +137,11 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
                               else (torch.rand(cfg.n_fixed, info.num_attributes, generator=g) < 0.5).long())
 
     def disabled_capabilities(self) -> tuple[str, ...]:
+        # the twin's one latent has no capsule poses for the explorer to show or slide
+        poses = ("decode-poses", "encode-poses", "pose-prior") if self.config.twin else ()
         if self.mode == "class":
-            return ("attribute-conditional", "attributes")
-        return ("class-conditional", "classify")
+            return ("attribute-conditional", "attributes", *poses)
+        return ("class-conditional", "classify", *poses)
 
     # ------------------------------------------------------------------------------ training
     def targets_of(self, batch: Batch) -> torch.Tensor:
@@ -362,7 +364,8 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
 
     def encode_poses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Means [N, K, D] (clipped to the bound), -KL [N, K] as scores, the least-KL capsules active."""
-        mu, _, kl = self.encode(images)
+        post = self.encode(images)
+        mu, kl = post.mu, post.kl
         n = len(images)
         active = min_kl_mask(kl).bool().view(n, -1)
         return mu.clamp(-POSE_BOUND, POSE_BOUND).view(n, active.shape[1], -1), -kl.view(n, -1), active
