@@ -47,6 +47,11 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help=DEVICE_HELP)
 
 
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace output files that already exist "
+                   "(without it an existing file is refused, untouched)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from capsgen.cli import attack, compare, evaluate, generate, models, reproduce, train
 
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("capsgen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except CapsgenError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"capsgen: error: {msg}", file=sys.stderr)
@@ -102,6 +109,18 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             else:
                 signal.signal(signal.SIGTERM, old_term)
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (``capsgen models | head -2``): stop quietly, as a program killed
+    by SIGPIPE would. stdout now points at /dev/null, so Python's flush at exit cannot fail again
+    and print 'Exception ignored ... BrokenPipeError'."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):   # no real stdout (tests' capture): nothing left to protect
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:
@@ -130,7 +149,14 @@ def _leave_process_group() -> None:
 
 def entry() -> None:
     """The ``capsgen`` executable and ``python -m capsgen``: run :func:`main`, exit with its code."""
-    code = main()
+    try:
+        code = main()
+    except SystemExit as exc:   # argparse's --help / --version: flush below like any other output
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        sys.stdout.flush()    # what main printed may still sit in the buffer of a pipe
+    except BrokenPipeError:
+        code = _reader_gone()
     torchrun_worker = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
     if torchrun_worker or code == 130:
         # The process has written everything it owns: main() returned, so every `with` and
