@@ -28,7 +28,7 @@ from capsgen.train.run_report import write_run_report
 from capsgen.train.checkpoint import load_checkpoint, read_checkpoint
 from capsgen.train.device import resolve_device
 from capsgen.train.distributed import SINGLE, Distributed, init_from_env
-from capsgen.train.loop import plan, run_training
+from capsgen.train.loop import Interrupted, plan, run_training
 from capsgen.train.rundir import RunDir
 from capsgen.train.task import DataInfo, Task
 
@@ -71,6 +71,24 @@ def build_task(cfg: TrainConfig, model_cfg: Any, info: DataInfo, device: torch.d
             return family.task()(model_cfg, info, torch.device(device), dist)
         except ValueError as exc:
             raise ConfigError(f"cannot build {cfg.family} for {info.name}: {exc}") from None
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators from the run seed.
+
+    Training never draws from them (data order and per-step noise come from (seed, step)
+    generators, weights from a forked seeded RNG: two runs of a seed have bit-equal weights
+    whatever the global states), but every checkpoint stores them as ``rng.*`` and torch 2.13
+    seeds its default generator from the OS at start-up, numpy and Python always did. Seeding
+    them makes those stored tensors equal between runs of a seed too; a resume restores them.
+    """
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def preset_pairs(family: str, preset: str | None, flags: set[str] = frozenset()) -> list[str]:
@@ -134,6 +152,7 @@ def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = Tr
     train, test = load_data(tcfg)            # bad data fails here, before any folder exists
     info = data_info(train)
     plan(tcfg, info.train_size)
+    seed_global_rngs(tcfg.seed)
     task = build_task(tcfg, mcfg, info, dev, dist)
     if dist.is_main:
         existed = run.path.exists()
@@ -160,12 +179,26 @@ def _train(run: RunDir, task: Task, tcfg: TrainConfig, train: ImageData, test: I
         final = run_training(run, task, tcfg, train.to_batch(), test_batch, resume=resume, progress=progress)
         if task.dist.is_main:
             task.train_mode(False)
-            with torch.no_grad():
-                task.write_figures(run.figures, test_batch)
-            write_run_report(run, final)
-            run.secure()
+            try:
+                with torch.no_grad():
+                    task.write_figures(run.figures, test_batch)
+                write_run_report(run, final)
+            except KeyboardInterrupt:
+                # Outside the loop's step-boundary handling (vcaps' and poe's figures take seconds):
+                # the training is saved, only the pictures and report are missing, and a resume
+                # trains nothing and writes them.
+                raise Interrupted(f"interrupted while writing the figures and report; the training is saved. "
+                                  f"Write them with: capsgen train --resume {run.path}") from None
         return final
+    except KeyboardInterrupt:
+        # Between the folder's creation and the loop's signal handling (TensorBoard's import, the
+        # first checkpoint): a run with a checkpoint can be continued, so say how.
+        if run.checkpoint("last").exists():
+            raise Interrupted(f"interrupted; continue with: capsgen train --resume {run.path}") from None
+        raise
     finally:
+        if task.dist.is_main and run.path.is_dir():
+            run.secure()   # an interrupted run's files are private too (TensorBoard uses the umask)
         run.unlock()
 
 

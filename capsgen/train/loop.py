@@ -148,7 +148,11 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
         writer = SummaryWriter(str(run.tb), purge_step=state["step"] if resume else None)
-    step = state["step"]
+    step = start_step = state["step"]
+    if main and cfg.precision == "bf16" and task.device.type == "cpu":
+        print("capsgen: warning: bf16 on a CPU is slower than fp32 (about 2x per step measured on this project's "
+              "machine: CPUs without bf16 units emulate it); use it on a GPU, or leave --precision out",
+              file=sys.stderr, flush=True)
     if main and step >= p.total_steps:
         print(f"{run.path}: already trained for {step} of {p.total_steps} steps")
     elif main and cfg.minutes is not None and state["elapsed"] >= cfg.minutes * 60:
@@ -190,11 +194,13 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
                 writer.add_scalar(f"train/{k2}", v, step)
             bar.set_postfix({k2: f"{v:.4g}" for k2, v in means.items()}, refresh=False)
 
-    def evaluate() -> dict:
+    def evaluate(record: bool = True) -> dict:
         task.train_mode(False)
         with torch.no_grad():
             res = task.evaluate(test)
         task.train_mode(True)
+        if not record:
+            return res
         run.append_metrics({"step": step, "split": "test", **res})
         for k, v in res.items():
             writer.add_scalar(f"test/{k}", v, step)
@@ -262,5 +268,9 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
         if writer is not None:
             writer.close()
     if main and not final:
-        final = evaluate() if step > 0 else {}
+        # A resume of a finished run trains nothing and usually finds this step's test row in
+        # metrics.jsonl already (the last step is evaluated before 'last' is saved): no second row.
+        done = step == start_step and any(r.get("split") == "test" and r.get("step") == step
+                                          for r in run.read_metrics())
+        final = evaluate(record=not done) if step > 0 else {}
     return final
