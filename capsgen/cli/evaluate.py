@@ -37,6 +37,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("evaluator", help="train once (or show) the cached evaluator classifier of a dataset")
     p.add_argument("--data", required=True, choices=dataset_names(), help="dataset name")
     p.add_argument("--data-dir", help="folder holding the dataset's standard files")
+    p.add_argument("--image-size", type=int, help="the evaluator of images resized to this square size, as "
+                   "runs with --set train.image_size=N see them (default: the dataset's own size)")
     p.add_argument("--retrain", action="store_true", help="discard the cached evaluator and train it again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluator)
@@ -78,7 +80,10 @@ def _eval_file(args) -> int:
 def cmd_evaluator(args) -> int:
     from capsgen.eval.evaluator import get_evaluator
 
-    ev = get_evaluator(args.data, args.data_dir, retrain=args.retrain, progress=not args.no_progress)
+    if args.image_size is not None and args.image_size < 4:
+        raise CapsgenError(f"--image-size must be >= 4, got {args.image_size}")
+    ev = get_evaluator(args.data, args.data_dir, retrain=args.retrain, progress=not args.no_progress,
+                       image_size=args.image_size)
     print(json.dumps({"data": ev.data, "accuracy": ev.accuracy, "n_test": ev.n_test,
                       "feature_dim": ev.feature_dim, "path": str(Path(ev.path))}))
     print(f"{ev.data} evaluator: test accuracy {100 * ev.accuracy:.2f}% on {ev.n_test} test images; {ev.path}")
