@@ -25,7 +25,8 @@ MAX_GRID = 100   # images in a --grid picture
 
 _VERBS = {"generate": "generate images", "class-conditional": "generate images of a chosen class",
           "attribute-conditional": "generate images with chosen attributes", "classify": "classify images",
-          "attributes": "predict attributes", "discriminate": "tell real from generated images"}
+          "attributes": "predict attributes", "discriminate": "tell real from generated images",
+          "encode": "encode images into capsules"}
 
 
 def require(opened: OpenRun, capability: str) -> Any:

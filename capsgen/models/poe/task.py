@@ -33,14 +33,14 @@ from capsgen.models.poe.nets import PoECapsules, autoencoder_loss, negative_shar
 from capsgen.nn.contrastive import capsule_reconstruction_error, mix_by_routing
 from capsgen.nn.squash import safe_norm, squash
 from capsgen.report.figures import plot_curves, save_image_grid
-from capsgen.train.capabilities import CapsuleSampling, Generative
+from capsgen.train.capabilities import CapsuleSampling, Encoding, Generative
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
 GRID_ROWS = 4        # samples per capsule in the capsule grids (Hauser's figure 2: 4 rows x 20 capsules)
 
 
-class PoETask(Task, Generative, CapsuleSampling):
+class PoETask(Task, Generative, CapsuleSampling, Encoding):
     """Autoencoder + capsule encoder W + decoder U (:class:`PoECapsules`), trained stage by stage.
 
     Modules: ``model``; optimizers: ``autoencoder`` (Adam on the autoencoder's parameters; W and U
@@ -187,6 +187,18 @@ class PoETask(Task, Generative, CapsuleSampling):
         """Codes [N, J, D] (CPU) -> images [N, C, H, W] in [0, 1] on the CPU."""
         dt = self.model.directions.dtype
         return self.model.images_from_codes(code.to(self.device, dt)).float().cpu()
+
+    @torch.no_grad()
+    def encode_capsules(self, images: torch.Tensor) -> torch.Tensor:
+        """Code capsules [N, J, D] on the CPU: the AE encoder's primary capsules routed through W."""
+        self.require_decoder()
+        model = self.model
+        return model.encode(model.visible_capsules(images.to(self.device, model.directions.dtype))).float().cpu()
+
+    def decode_capsules(self, capsules: torch.Tensor) -> torch.Tensor:
+        """Images from code capsules [N, J, D]: U, then the AE decoder."""
+        self.require_decoder()
+        return self.decode_codes(capsules)
 
     def capsule_grid(self, rows: int, domain: str, generator: torch.Generator,
                      negate: bool = False) -> torch.Tensor:

@@ -49,6 +49,7 @@ from capsgen.nn.variational import (capsule_kl, kl_margin_loss, lsgan_d_loss, ls
                                     training_mask)
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import (AttributeConditional, AttributePredicting, ClassConditional, Classifying,
+                                        Encoding,
                                         Generative)
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
@@ -84,7 +85,8 @@ class AttributeBank(torch.nn.Module):
         return self.bank[:k].cpu()[torch.randint(0, k, (n,), generator=generator)].float()
 
 
-class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classifying, AttributePredicting):
+class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classifying, AttributePredicting,
+                Encoding):
     """Variational capsule network (Huang et al.). Modules: autoencoder (encoder + decoder),
     discriminator when ``beta > 0``, attribute_bank in attribute mode; optimizers: Adam for the
     autoencoder and the discriminator."""
@@ -220,10 +222,17 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
                      for k in range(0, len(capsules), CHUNK)]
         return torch.cat(parts) if parts else torch.empty(0, *self.info.shape)
 
+    def encode_capsules(self, images: torch.Tensor) -> torch.Tensor:
+        """The means of the predicted (least-KL) capsules, the others masked to zero [N, *caps, D]."""
+        mu, _, kl = self.encode(images)
+        return self.ae.masked(mu, min_kl_mask(kl))
+
+    def decode_capsules(self, capsules: torch.Tensor) -> torch.Tensor:
+        return self.decode(capsules)
+
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions [N, C, H, W] from the means of the predicted (least-KL) capsules."""
-        mu, _, kl = self.encode(images)
-        return self.decode(self.ae.masked(mu, min_kl_mask(kl)))
+        return self.decode(self.encode_capsules(images))
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
         """-KL of every class capsule [B, K] (higher = more likely; argmax = least KL) for images on
