@@ -107,7 +107,7 @@ def train(family: str, data: str, out: str | Path, preset: str | None = None, pr
     flags = {k: overrides.pop(k) for k in TRAIN_FLAGS if k in overrides}
     pairs = [f"{k}={_as_text(v)}" for k, v in overrides.items()]
     tcfg, mcfg = make_configs(family, pairs, preset=preset, data=data, **flags)
-    run, _ = train_new(tcfg, mcfg, out, progress=progress, device=device)
+    run, _ = train_new(tcfg, mcfg, out, progress=progress, device=device, preset=preset)
     return load_run(run.path, device=device)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,14 +132,15 @@ def _set_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def _config_record(tcfg: TrainConfig, mcfg: Any, info: DataInfo) -> dict:
+def _config_record(tcfg: TrainConfig, mcfg: Any, info: DataInfo, preset: str | None = None) -> dict:
     return {"capsgen": __version__, "train": to_dict(tcfg), "model": to_dict(mcfg),
-            "data": dataclasses.asdict(info), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "data": dataclasses.asdict(info), "preset": preset, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = True,
-              device: str | None = "auto") -> tuple[RunDir, dict]:
-    """Validate everything, then create the run folder and train (any process of a torchrun)."""
+              device: str | None = "auto", preset: str | None = None) -> tuple[RunDir, dict]:
+    """Validate everything, then create the run folder and train (any process of a torchrun).
+    ``preset`` (the name the configs were made with, if any) is recorded in config.json."""
     run = RunDir(out)
     dev = resolve_device(device)
     dist = init_from_env(dev)
@@ -156,7 +158,7 @@ def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = Tr
     task = build_task(tcfg, mcfg, info, dev, dist)
     if dist.is_main:
         existed = run.path.exists()
-        run.create(_config_record(tcfg, mcfg, info))
+        run.create(_config_record(tcfg, mcfg, info, preset))
     dist.barrier()
     try:
         return run, _train(run, task, tcfg, train, test, resume=False, progress=progress)
@@ -179,6 +181,8 @@ def _train(run: RunDir, task: Task, tcfg: TrainConfig, train: ImageData, test: I
         final = run_training(run, task, tcfg, train.to_batch(), test_batch, resume=resume, progress=progress)
         if task.dist.is_main:
             task.train_mode(False)
+            if progress:
+                print(f"capsgen: writing figures and report into {run.path} ...", file=sys.stderr, flush=True)
             try:
                 with torch.no_grad():
                     task.write_figures(run.figures, test_batch)

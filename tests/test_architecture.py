@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1] / "capsgen"
 LAYERS = {
     "capsgen.cli": 6, "capsgen.__main__": 6,
     "capsgen.reproduce": 5,
-    "capsgen.api": 4, "capsgen.sampling": 4, "capsgen.compare": 4, "capsgen.eval.run_eval": 4, "capsgen.eval.evaluator": 4,
+    "capsgen.api": 4, "capsgen.export": 4, "capsgen.sampling": 4, "capsgen.compare": 4, "capsgen.eval.run_eval": 4, "capsgen.eval.evaluator": 4,
     "capsgen.eval.attribute_evaluator": 4,
     "capsgen.eval.report_metrics": 4, "capsgen.eval.attacks": 4, "capsgen.eval.attack_runs": 4,
     "capsgen.runs": 3,

@@ -9,6 +9,7 @@
     capsgen evaluator --data fashion-mnist                       (train/show the evaluator net)
     capsgen sample runs/cgan --n 1000 --out samples.npz --grid samples.png [--class K]
     capsgen interpolate runs/cgan --out interpolation.png
+    capsgen export runs/cgan --out model.safetensors              (weights only)
     capsgen attack runs/caps --method fgsm|pgd|uap [--eps 8/255] [--n 1000] [--white-box]
     capsgen battle runs/cgan runs/dcgan --n 1000                 (GAM: r_samples, r_test, verdict)
     capsgen semisup runs/cgan --labelled 100,1000 --generated 50000
@@ -53,12 +54,14 @@ def add_force(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from capsgen.cli import attack, compare, evaluate, generate, models, reproduce, train
+    from capsgen import __version__
+    from capsgen.cli import attack, compare, evaluate, export, generate, models, reproduce, train
 
     parser = OneLineParser(prog="capsgen", description="Capsule-network generative models.")
+    parser.add_argument("--version", action="version", version=f"capsgen {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND")
     parser.subcommands = sub.choices
-    for module in (models, train, evaluate, generate, attack, compare, reproduce):
+    for module in (models, train, evaluate, generate, export, attack, compare, reproduce):
         module.add_parsers(sub)
     return parser
 
