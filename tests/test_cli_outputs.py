@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from capsgen.cli import main
+from tests.test_reliability_runs import one_line_error
 
 VCAPS_TINY = ["train", "vcaps", "--data", "digits", "--seed", "0", "--batch-size", "16", "--steps", "4",
               "--no-progress", "--set", "threads=1", "--set", "caps_dim=4", "--set", "eval_n=32",
@@ -24,12 +25,6 @@ def vcaps_run(tmp_path_factory) -> Path:
     assert main([*VCAPS_TINY, "--out", str(out)]) == 0
     return out
 
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("capsgen: error:") and "Traceback" not in err, err
-    return err
 
 
 # Every capsgen command with an option naming an output path, the file it names already existing.

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from capsgen.cli import main
+from tests.test_reliability_runs import one_line_error
 from capsgen.eval import attribute_evaluator, evaluator
 
 SIZE = 16   # shapes-attributes' own size is 64
@@ -34,12 +35,6 @@ def no_training(monkeypatch):
     monkeypatch.setattr(evaluator, "get_evaluator", refuse)
     monkeypatch.setattr(attribute_evaluator, "get_attribute_evaluator", refuse)
 
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("capsgen: error:") and "Traceback" not in err, err
-    return err
 
 
 def test_eval_of_a_resized_run_uses_evaluators_of_its_size(tmp_path, capsys, quick_evaluators):
