@@ -146,12 +146,42 @@ def write_file(out: Path, payload: bytes) -> None:
         raise CapsgenError(f"{out}: cannot write ({exc.strerror or exc})") from None
 
 
-def png_bytes(images: torch.Tensor, ncol: int) -> bytes:
-    from capsgen.report.figures import image_grid
+def png_bytes(images: torch.Tensor, ncol: int, caption: str | None = None) -> bytes:
+    """A PNG grid of images [N, C, H, W]; ``caption`` is drawn above it and stored as its
+    Description text (readable without looking at the pixels)."""
+    from PIL.PngImagePlugin import PngInfo
 
+    from capsgen.report.figures import captioned, image_grid
+
+    img = image_grid(images, ncol, scale=2)
+    info = None
+    if caption:
+        img = captioned(img, caption)
+        info = PngInfo()
+        info.add_text("Description", caption)
     buf = io.BytesIO()
-    image_grid(images, ncol, scale=2).save(buf, format="PNG")
+    img.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+def grid_caption(opened: OpenRun, what: str, seed: int) -> str:
+    """"<family> <run>, step N: <what>, seed S" for a picture of ``opened``'s images."""
+    from capsgen.train.checkpoint import read_checkpoint
+
+    step = read_checkpoint(opened.checkpoint)[1]["state"]["step"]
+    return f"{opened.train_config.family} {opened.run.path.name}, step {step}: {what}, seed {seed}"
+
+
+def what_was_drawn(opened: OpenRun, label: int | None, attributes: str | None, capsule: int | None,
+                   domain: str | None) -> str:
+    names = opened.info.class_names
+    if label is not None:
+        return f"class {label}" + (f" ({names[label]})" if names and label < len(names) else "")
+    if attributes:
+        return f"attributes {attributes}"
+    if capsule is not None or domain is not None:
+        return (f"capsule {capsule}" if capsule is not None else "all capsules") + (f", {domain} poses" if domain else "")
+    return "samples from the prior"
 
 
 def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Path | None = None,
@@ -192,7 +222,8 @@ def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Pa
         result["domain"] = domain
     if grid_path:
         first = images[:MAX_GRID]
-        write_file(grid_path, png_bytes(first, math.ceil(math.sqrt(len(first)))))
+        caption = grid_caption(opened, what_was_drawn(opened, label, attributes, capsule, domain), seed)
+        write_file(grid_path, png_bytes(first, math.ceil(math.sqrt(len(first))), caption))
         result["grid"] = str(grid_path)
     return result
 
@@ -206,5 +237,6 @@ def interpolate_to_file(run_dir: str | Path, out: str | Path, rows: int = 8, col
     out = writable(out, ".png", force)
     opened = open_for(run_dir, "generate", device=device)
     images = opened.task.interpolate(rows, cols, torch.Generator().manual_seed(seed))
-    write_file(out, png_bytes(images, cols))
+    caption = grid_caption(opened, f"{rows} interpolations (rows) of {cols} steps", seed)
+    write_file(out, png_bytes(images, cols, caption))
     return {"run": str(opened.run.path), "out": str(out), "rows": rows, "cols": cols, "seed": seed}

@@ -97,3 +97,20 @@ def test_a_closed_stdout_is_no_traceback(argv):
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
     # as a program killed by SIGPIPE (128 + 13); argparse itself swallows a failed write of --help
     assert proc.returncode == (0 if argv == ["--help"] else 141)
+
+
+def test_sample_and_interpolation_grids_carry_a_caption(vcaps_run, tmp_path):
+    from PIL import Image
+
+    grid = tmp_path / "threes.png"
+    assert main(["sample", str(vcaps_run), "--n", "4", "--class", "3", "--out", str(tmp_path / "s.npz"),
+                 "--grid", str(grid)]) == 0
+    with Image.open(grid) as img:
+        caption = img.info["Description"]
+        width, height = img.size
+    assert caption == "vcaps run, step 4: class 3 (3), seed 0"   # digits' class names are the digits
+    assert height > width                      # 2 x 2 square images under a caption strip
+    path = tmp_path / "walk.png"
+    assert main(["interpolate", str(vcaps_run), "--rows", "2", "--cols", "3", "--out", str(path)]) == 0
+    with Image.open(path) as img:
+        assert img.info["Description"] == "vcaps run, step 4: 2 interpolations (rows) of 3 steps, seed 0"
