@@ -70,3 +70,13 @@ def test_eval_of_a_sample_file_checks_it_before_any_evaluator(tmp_path, capsys, 
     path = tmp_path / "samples.npz"
     np.savez(path, images=images)
     assert expected in one_line_error(capsys, ["eval", str(path), "--data", "mnist-5k", *extra])
+
+
+def test_eval_of_a_sample_file_of_a_resized_run_takes_its_size(tmp_path, capsys, quick_evaluators):
+    path = tmp_path / "samples.npz"
+    np.savez(path, images=np.random.default_rng(0).integers(0, 256, (20, SIZE, SIZE, 3), dtype=np.uint8))
+    err = one_line_error(capsys, ["eval", str(path), "--data", "shapes-attributes"])
+    assert f"add --image-size {SIZE}" in err
+    assert main(["eval", str(path), "--data", "shapes-attributes", "--image-size", str(SIZE)]) == 0
+    res = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert res["counts"]["samples"] == 20

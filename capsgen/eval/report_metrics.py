@@ -54,8 +54,10 @@ def _check_images(images: Any, hwc: tuple[int, int, int], data: str, source: str
         raise CapsgenError(f"{source}: images must be a uint8 array [N, H, W, C], got {desc}")
     if images.shape[1:] != hwc:
         h, w, c = hwc
+        hint = (f"; made by a run with train.image_size={images.shape[1]}? add --image-size {images.shape[1]}"
+                if images.shape[1] == images.shape[2] and images.shape[3] == c else "")
         raise CapsgenError(f"{source}: images have shape [N, H, W, C] = {list(images.shape)}, but {data} "
-                           f"images are [N, {h}, {w}, {c}]")
+                           f"images are [N, {h}, {w}, {c}]{hint}")
     if len(images) < MIN_SAMPLES:
         raise CapsgenError(f"{source}: {len(images)} images are too few; give at least {MIN_SAMPLES}")
     return images
