@@ -67,3 +67,14 @@ def test_a_run_refuses_what_its_family_cannot_do_in_one_line(vcaps, tmp_path):
         cnn.encode(torch.zeros(1, 1, 8, 8))
     with pytest.raises(CapsgenError, match="cannot generate images"):
         cnn.sample(1)
+
+
+def test_a_poe_run_encodes_into_code_capsules_and_decodes(tmp_path):
+    from tests.test_poe_task import TINY
+
+    sets = dict(pair.split("=", 1) for pair in TINY[1::2])
+    run = capsgen.train("poe", data="digits", out=tmp_path / "poe", batch_size=16, seed=0, **sets)
+    x = run.sample(3, seed=2)
+    code = run.encode(x)
+    assert code.shape == (3, 4, 6)                       # code_capsules 4 of code_dim 6 (TINY)
+    assert run.decode(code).shape == x.shape

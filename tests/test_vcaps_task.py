@@ -119,7 +119,7 @@ def test_class_mode_learns_and_draws(tmp_path, capsys, cache):
     capsys.readouterr()
     assert main(["eval", str(run), "--n", "60"]) == 0
     res = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert res["capabilities"] == ["generate", "class-conditional", "classify"]
+    assert res["capabilities"] == ["generate", "class-conditional", "classify", "encode"]
     assert res["classify"]["test_error"] == pytest.approx(res["figures"]["test_error"], abs=1e-6) or \
         res["classify"]["n"] != res["figures"]["n"]
     assert res["classify"]["test_error"] < 0.3
@@ -154,7 +154,7 @@ def test_attribute_mode_on_shapes(tmp_path, capsys, cache, shapes16):
     assert main(["eval", str(run), "--n", "40"]) == 0
     lines = capsys.readouterr().out.splitlines()
     res = json.loads(lines[0])
-    assert res["capabilities"] == ["generate", "attribute-conditional", "attributes"]
+    assert res["capabilities"] == ["generate", "attribute-conditional", "attributes", "encode"]
     assert "classify" not in res and len(res["attributes"]["per_attribute"]) == 9
     f = res["attribute-conditional"]
     assert f["samples"] == 40 and set(f["per_attribute"]) == set(res["attributes"]["per_attribute"])
