@@ -151,7 +151,7 @@ def test_attribute_mode_on_shapes(tmp_path, capsys, cache, shapes16):
     assert main(["sample", str(run), "--n", "3", "--class", "1", "--out", str(out), "--force"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("cannot generate images of a chosen class; it can: generate, attribute-conditional, "
-                        "attributes") and len(err.splitlines()) == 1
+                        "attributes, encode") and len(err.splitlines()) == 1
     assert main(["eval", str(run), "--n", "40"]) == 0
     lines = capsys.readouterr().out.splitlines()
     res = json.loads(lines[0])
