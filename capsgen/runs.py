@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from capsgen.train.run_report import write_run_report
 from capsgen.train.checkpoint import load_checkpoint, read_checkpoint
 from capsgen.train.device import resolve_device
 from capsgen.train.distributed import SINGLE, Distributed, init_from_env
-from capsgen.train.loop import plan, run_training
+from capsgen.train.loop import Interrupted, plan, run_training
 from capsgen.train.rundir import RunDir
 from capsgen.train.task import DataInfo, Task
 
@@ -73,6 +74,24 @@ def build_task(cfg: TrainConfig, model_cfg: Any, info: DataInfo, device: torch.d
             raise ConfigError(f"cannot build {cfg.family} for {info.name}: {exc}") from None
 
 
+def seed_global_rngs(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators from the run seed.
+
+    Training never draws from them (data order and per-step noise come from (seed, step)
+    generators, weights from a forked seeded RNG: two runs of a seed have bit-equal weights
+    whatever the global states), but every checkpoint stores them as ``rng.*`` and torch 2.13
+    seeds its default generator from the OS at start-up, numpy and Python always did. Seeding
+    them makes those stored tensors equal between runs of a seed too; a resume restores them.
+    """
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def preset_pairs(family: str, preset: str | None, flags: set[str] = frozenset()) -> list[str]:
     """The ``--set`` pairs of ``preset`` (dropping train fields the user gave as flags, so they win)."""
     if not preset:
@@ -113,14 +132,15 @@ def _set_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def _config_record(tcfg: TrainConfig, mcfg: Any, info: DataInfo) -> dict:
+def _config_record(tcfg: TrainConfig, mcfg: Any, info: DataInfo, preset: str | None = None) -> dict:
     return {"capsgen": __version__, "train": to_dict(tcfg), "model": to_dict(mcfg),
-            "data": dataclasses.asdict(info), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "data": dataclasses.asdict(info), "preset": preset, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = True,
-              device: str | None = "auto") -> tuple[RunDir, dict]:
-    """Validate everything, then create the run folder and train (any process of a torchrun)."""
+              device: str | None = "auto", preset: str | None = None) -> tuple[RunDir, dict]:
+    """Validate everything, then create the run folder and train (any process of a torchrun).
+    ``preset`` (the name the configs were made with, if any) is recorded in config.json."""
     run = RunDir(out)
     dev = resolve_device(device)
     dist = init_from_env(dev)
@@ -134,10 +154,11 @@ def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = Tr
     train, test = load_data(tcfg)            # bad data fails here, before any folder exists
     info = data_info(train)
     plan(tcfg, info.train_size)
+    seed_global_rngs(tcfg.seed)
     task = build_task(tcfg, mcfg, info, dev, dist)
     if dist.is_main:
         existed = run.path.exists()
-        run.create(_config_record(tcfg, mcfg, info))
+        run.create(_config_record(tcfg, mcfg, info, preset))
     dist.barrier()
     try:
         return run, _train(run, task, tcfg, train, test, resume=False, progress=progress)
@@ -160,12 +181,28 @@ def _train(run: RunDir, task: Task, tcfg: TrainConfig, train: ImageData, test: I
         final = run_training(run, task, tcfg, train.to_batch(), test_batch, resume=resume, progress=progress)
         if task.dist.is_main:
             task.train_mode(False)
-            with torch.no_grad():
-                task.write_figures(run.figures, test_batch)
-            write_run_report(run, final)
-            run.secure()
+            if progress:
+                print(f"capsgen: writing figures and report into {run.path} ...", file=sys.stderr, flush=True)
+            try:
+                with torch.no_grad():
+                    task.write_figures(run.figures, test_batch)
+                write_run_report(run, final)
+            except KeyboardInterrupt:
+                # Outside the loop's step-boundary handling (vcaps' and poe's figures take seconds):
+                # the training is saved, only the pictures and report are missing, and a resume
+                # trains nothing and writes them.
+                raise Interrupted(f"interrupted while writing the figures and report; the training is saved. "
+                                  f"Write them with: capsgen train --resume {run.path}") from None
         return final
+    except KeyboardInterrupt:
+        # Between the folder's creation and the loop's signal handling (TensorBoard's import, the
+        # first checkpoint): a run with a checkpoint can be continued, so say how.
+        if run.checkpoint("last").exists():
+            raise Interrupted(f"interrupted; continue with: capsgen train --resume {run.path}") from None
+        raise
     finally:
+        if task.dist.is_main and run.path.is_dir():
+            run.secure()   # an interrupted run's files are private too (TensorBoard uses the umask)
         run.unlock()
 
 

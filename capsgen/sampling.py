@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from capsgen.errors import CapsgenError
+from capsgen.lists import comma_items
 from capsgen.runs import OpenRun, open_run
 from capsgen.train.capabilities import CapsuleSampling, capabilities_of
 
@@ -24,7 +25,8 @@ MAX_GRID = 100   # images in a --grid picture
 
 _VERBS = {"generate": "generate images", "class-conditional": "generate images of a chosen class",
           "attribute-conditional": "generate images with chosen attributes", "classify": "classify images",
-          "attributes": "predict attributes", "discriminate": "tell real from generated images"}
+          "attributes": "predict attributes", "discriminate": "tell real from generated images",
+          "encode": "encode images into capsules"}
 
 
 def require(opened: OpenRun, capability: str) -> Any:
@@ -48,7 +50,7 @@ def parse_attributes(text: str, names: list[str] | None, run: str) -> torch.Tens
     if not names:
         raise CapsgenError(f"{run} was trained without attributes; use --class or plain sampling")
     vec = torch.zeros(len(names))
-    for part in [p.strip() for p in text.split(",") if p.strip()]:
+    for part in comma_items(text, "--attributes blue=1,striped=0"):
         if "=" not in part:
             raise CapsgenError(f"--attributes expects name=0|1 pairs, got {part!r}")
         key, val = (t.strip() for t in part.split("=", 1))
@@ -117,16 +119,19 @@ def is_sample_file(target: str | Path) -> bool:
     return str(target).lower().endswith(".npz") or Path(target).is_file()
 
 
-def writable(out: str | Path, suffix: str) -> Path:
-    """``out`` as a Path if it has ``suffix`` and its folder exists and is writable."""
+def writable(out: str | Path, suffix: str, force: bool = False, option: str = "--out") -> Path:
+    """``out`` as a Path if it has ``suffix``, its folder exists and is writable, and it is a new
+    file (an existing one only with ``force``: capsgen never replaces a file it was not asked to)."""
     out = Path(out)
     if out.suffix.lower() != suffix:
-        raise CapsgenError(f"{out}: the output file must end in {suffix}")
+        raise CapsgenError(f"{option} {out}: the output file must end in {suffix}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise CapsgenError(f"{out}: folder {parent} does not exist")
     if out.is_dir():
         raise CapsgenError(f"{out} is a folder; give a file name")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise CapsgenError(f"{option} {out} already exists; give a new name, or add --force to replace it")
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise CapsgenError(f"{out}: not writable")
     return out
@@ -141,29 +146,62 @@ def write_file(out: Path, payload: bytes) -> None:
         raise CapsgenError(f"{out}: cannot write ({exc.strerror or exc})") from None
 
 
-def png_bytes(images: torch.Tensor, ncol: int) -> bytes:
-    from capsgen.report.figures import image_grid
+def png_bytes(images: torch.Tensor, ncol: int, caption: str | None = None) -> bytes:
+    """A PNG grid of images [N, C, H, W]; ``caption`` is drawn above it and stored as its
+    Description text (readable without looking at the pixels)."""
+    from PIL.PngImagePlugin import PngInfo
 
+    from capsgen.report.figures import captioned, image_grid
+
+    img = image_grid(images, ncol, scale=2)
+    info = None
+    if caption:
+        img = captioned(img, caption)
+        info = PngInfo()
+        info.add_text("Description", caption)
     buf = io.BytesIO()
-    image_grid(images, ncol, scale=2).save(buf, format="PNG")
+    img.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
+
+
+def grid_caption(opened: OpenRun, what: str, seed: int) -> str:
+    """"<family> <run>, step N: <what>, seed S" for a picture of ``opened``'s images."""
+    from capsgen.train.checkpoint import read_checkpoint
+
+    step = read_checkpoint(opened.checkpoint)[1]["state"]["step"]
+    return f"{opened.train_config.family} {opened.run.path.name}, step {step}: {what}, seed {seed}"
+
+
+def what_was_drawn(opened: OpenRun, label: int | None, attributes: str | None, capsule: int | None,
+                   domain: str | None) -> str:
+    names = opened.info.class_names
+    if label is not None:
+        return f"class {label}" + (f" ({names[label]})" if names and label < len(names) else "")
+    if attributes:
+        return f"attributes {attributes}"
+    if capsule is not None or domain is not None:
+        return (f"capsule {capsule}" if capsule is not None else "all capsules") + (f", {domain} poses" if domain else "")
+    return "samples from the prior"
 
 
 def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Path | None = None,
                     seed: int = 0, label: int | None = None, attributes: str | None = None,
                     device: str | None = "cpu", capsule: int | None = None,
-                    domain: str | None = None) -> dict[str, Any]:
+                    domain: str | None = None, force: bool = False) -> dict[str, Any]:
     """Write ``n`` generated images as uint8 [n, H, W, C] under the key ``images`` of ``out`` (.npz).
 
     The same run, n, seed (and class or attributes) give the same file. ``grid`` (optional .png)
-    shows the first images. Every argument is checked before anything is written.
+    shows the first images. Every argument is checked before anything is written; an existing
+    ``out`` or ``grid`` is replaced only with ``force``.
     """
     from capsgen.report.figures import to_uint8_hwc
 
     if n < 1:
         raise CapsgenError(f"--n must be a positive number of images, got {n}")
-    out = writable(out, ".npz")
-    grid_path = writable(grid, ".png") if grid else None
+    out = writable(out, ".npz", force)
+    grid_path = writable(grid, ".png", force, "--grid") if grid else None
+    if attributes:
+        comma_items(attributes, "--attributes blue=1,striped=0")   # the form first: no run is opened for a typo
     opened = open_for(run_dir, "generate", device=device)
     if attributes:   # what the run can do comes first, then whether the names are its own
         require(opened, "attribute-conditional")
@@ -184,18 +222,21 @@ def sample_to_files(run_dir: str | Path, n: int, out: str | Path, grid: str | Pa
         result["domain"] = domain
     if grid_path:
         first = images[:MAX_GRID]
-        write_file(grid_path, png_bytes(first, math.ceil(math.sqrt(len(first)))))
+        caption = grid_caption(opened, what_was_drawn(opened, label, attributes, capsule, domain), seed)
+        write_file(grid_path, png_bytes(first, math.ceil(math.sqrt(len(first))), caption))
         result["grid"] = str(grid_path)
     return result
 
 
 def interpolate_to_file(run_dir: str | Path, out: str | Path, rows: int = 8, cols: int = 10,
-                        seed: int = 0, device: str | None = "cpu") -> dict[str, Any]:
-    """Write a rows x cols PNG; each row walks between two latents (or encodings)."""
+                        seed: int = 0, device: str | None = "cpu", force: bool = False) -> dict[str, Any]:
+    """Write a rows x cols PNG; each row walks between two latents (or encodings). An existing
+    ``out`` is replaced only with ``force``."""
     if rows <= 0 or cols < 2:
         raise CapsgenError(f"--rows must be >= 1 and --cols >= 2, got {rows} and {cols}")
-    out = writable(out, ".png")
+    out = writable(out, ".png", force)
     opened = open_for(run_dir, "generate", device=device)
     images = opened.task.interpolate(rows, cols, torch.Generator().manual_seed(seed))
-    write_file(out, png_bytes(images, cols))
+    caption = grid_caption(opened, f"{rows} interpolations (rows) of {cols} steps", seed)
+    write_file(out, png_bytes(images, cols, caption))
     return {"run": str(opened.run.path), "out": str(out), "rows": rows, "cols": cols, "seed": seed}

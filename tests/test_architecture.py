@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1] / "capsgen"
 LAYERS = {
     "capsgen.cli": 6, "capsgen.__main__": 6,
     "capsgen.reproduce": 5,
-    "capsgen.sampling": 4, "capsgen.compare": 4, "capsgen.eval.run_eval": 4, "capsgen.eval.evaluator": 4,
-    "capsgen.eval.attribute_evaluator": 4, "capsgen.explore": 4,
+    "capsgen.api": 4, "capsgen.export": 4, "capsgen.sampling": 4, "capsgen.compare": 4, "capsgen.eval.run_eval": 4,
+    "capsgen.eval.evaluator": 4, "capsgen.eval.attribute_evaluator": 4, "capsgen.explore": 4,
     "capsgen.eval.report_metrics": 4, "capsgen.eval.attacks": 4, "capsgen.eval.attack_runs": 4,
     "capsgen.runs": 3,
     "capsgen.models": 2,
@@ -69,6 +69,16 @@ def test_help_and_models_do_not_import_torch():
     assert r.returncode == 0, r.stderr
     for name in FAMILIES:
         assert name in r.stdout
+
+
+def test_import_capsgen_does_not_import_torch():
+    code = ("import sys, capsgen; assert callable(capsgen.__getattr__); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(capsgen.__version__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    code = "import sys, capsgen; capsgen.load_run; assert 'torch' in sys.modules"   # and the API is there
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_declared_capabilities_match_the_task_classes():

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from capsgen.cli import main
+from capsgen.report.figures import CAPTION_LINE
 from tests.conftest import TINY_CAPSNET
 from tests.test_gan_train import TINY_GAN
 
@@ -33,13 +34,14 @@ def test_sample_contract(gan_run, tmp_path, capsys):
     images = load(out)
     assert images.dtype == np.uint8 and images.shape == (10, 8, 8, 1)
     assert images.std() > 0
-    with Image.open(grid) as im:                       # 4 x 3 grid of 8x8 images, 2-px gaps, x2
-        assert im.size == ((4 * 10 + 2) * 2, (3 * 10 + 2) * 2)
+    with Image.open(grid) as im:                       # 4 x 3 grid of 8x8 images, 2-px gaps, x2, under a caption
+        assert im.width == (4 * 10 + 2) * 2 and (im.height - (3 * 10 + 2) * 2) % CAPTION_LINE == 2
+        assert "seed 3" in im.info["Description"]
     assert '"shape": [10, 8, 8, 1]' in capsys.readouterr().out
     again = tmp_path / "again.npz"
     assert main(["sample", str(gan_run), "--n", "10", "--out", str(again), "--seed", "3"]) == 0
     assert np.array_equal(load(again), images)          # same seed, same images
-    assert main(["sample", str(gan_run), "--n", "10", "--out", str(again), "--seed", "4"]) == 0
+    assert main(["sample", str(gan_run), "--n", "10", "--out", str(again), "--seed", "4", "--force"]) == 0
     assert not np.array_equal(load(again), images)
 
 
@@ -47,7 +49,7 @@ def test_interpolate_grid(gan_run, tmp_path):
     out = tmp_path / "i.png"
     assert main(["interpolate", str(gan_run), "--out", str(out), "--rows", "3", "--cols", "5"]) == 0
     with Image.open(out) as im:
-        assert im.size == ((5 * 10 + 2) * 2, (3 * 10 + 2) * 2)
+        assert im.width == (5 * 10 + 2) * 2 and (im.height - (3 * 10 + 2) * 2) % CAPTION_LINE == 2
 
 
 @pytest.fixture(scope="module")

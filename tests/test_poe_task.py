@@ -71,7 +71,7 @@ def test_stage_of_follows_the_schedule_and_fixes_the_run_length():
 
 def test_registry_entry_and_presets():
     fam = FAMILIES["poe"]
-    assert fam.capabilities == ("generate",) and fam.task() is PoETask and fam.paper == "Hauser"
+    assert fam.capabilities == ("generate", "encode") and fam.task() is PoETask and fam.paper == "Hauser"
     assert fam.presets == ["hauser"]
     assert PoEConfig().centre_capsules and PoEConfig().decoder_rule == "gaussian"
 
@@ -248,7 +248,7 @@ def cache(tmp_path, monkeypatch):
 def test_eval_command_measures_samples(reference, cache, capsys):
     assert main(["eval", str(reference), "--n", "20"]) == 0
     res = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert res["capabilities"] == ["generate"] and "fid" in res["generate"]["samples"]
+    assert res["capabilities"] == ["generate", "encode"] and "fid" in res["generate"]["samples"]
     assert "negative_restricted" in res["figures"]
 
 

@@ -113,13 +113,13 @@ def test_class_mode_learns_and_draws(tmp_path, capsys, cache):
     assert main(["sample", str(run), "--n", "2", "--attributes", "blue=1", "--out", str(tmp_path / "a.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("cannot generate images with chosen attributes; it can: generate, class-conditional, "
-                        "classify") and len(err.splitlines()) == 1 and not (tmp_path / "a.npz").exists()
+                        "classify, encode") and len(err.splitlines()) == 1 and not (tmp_path / "a.npz").exists()
     assert main(["interpolate", str(run), "--out", str(tmp_path / "i.png"), "--rows", "2", "--cols", "3"]) == 0
     assert (tmp_path / "i.png").stat().st_size > 0
     capsys.readouterr()
     assert main(["eval", str(run), "--n", "60"]) == 0
     res = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert res["capabilities"] == ["generate", "class-conditional", "classify"]
+    assert res["capabilities"] == ["generate", "class-conditional", "classify", "encode"]
     assert res["classify"]["test_error"] == pytest.approx(res["figures"]["test_error"], abs=1e-6) or \
         res["classify"]["n"] != res["figures"]["n"]
     assert res["classify"]["test_error"] < 0.3
@@ -143,18 +143,19 @@ def test_attribute_mode_on_shapes(tmp_path, capsys, cache, shapes16):
     assert main(["sample", str(run), "--n", "3", "--attributes", "square=1, blue=0,frame=1", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["attributes"] == "square=1, blue=0,frame=1"
     assert np.load(out)["images"].shape == (3, 16, 16, 3)
-    assert main(["sample", str(run), "--n", "3", "--attributes", "square=1,glasses=1", "--out", str(out)]) == 2
+    assert main(["sample", str(run), "--n", "3", "--attributes", "square=1,glasses=1", "--out", str(out),
+                 "--force"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown attribute 'glasses'; this run has: square, blue, large, right, bottom, striped" in err
     assert len(err.splitlines()) == 1
-    assert main(["sample", str(run), "--n", "3", "--class", "1", "--out", str(out)]) == 2
+    assert main(["sample", str(run), "--n", "3", "--class", "1", "--out", str(out), "--force"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("cannot generate images of a chosen class; it can: generate, attribute-conditional, "
-                        "attributes") and len(err.splitlines()) == 1
+                        "attributes, encode") and len(err.splitlines()) == 1
     assert main(["eval", str(run), "--n", "40"]) == 0
     lines = capsys.readouterr().out.splitlines()
     res = json.loads(lines[0])
-    assert res["capabilities"] == ["generate", "attribute-conditional", "attributes"]
+    assert res["capabilities"] == ["generate", "attribute-conditional", "attributes", "encode"]
     assert "classify" not in res and len(res["attributes"]["per_attribute"]) == 9
     f = res["attribute-conditional"]
     assert f["samples"] == 40 and set(f["per_attribute"]) == set(res["attributes"]["per_attribute"])

@@ -10,6 +10,7 @@
     capsgen sample runs/cgan --n 1000 --out samples.npz --grid samples.png [--class K]
     capsgen interpolate runs/cgan --out interpolation.png
     capsgen explore runs/caps [--port 8000] [--host 127.0.0.1]  (a local page: sliders on capsules)
+    capsgen export runs/cgan --out model.safetensors              (weights only)
     capsgen attack runs/caps --method fgsm|pgd|uap [--eps 8/255] [--n 1000] [--white-box]
     capsgen battle runs/cgan runs/dcgan --n 1000                 (GAM: r_samples, r_test, verdict)
     capsgen semisup runs/cgan --labelled 100,1000 --generated 50000
@@ -48,13 +49,20 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help=DEVICE_HELP)
 
 
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace output files that already exist "
+                   "(without it an existing file is refused, untouched)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from capsgen.cli import attack, compare, evaluate, explore, generate, models, reproduce, train
+    from capsgen import __version__
+    from capsgen.cli import attack, compare, evaluate, explore, export, generate, models, reproduce, train
 
     parser = OneLineParser(prog="capsgen", description="Capsule-network generative models.")
+    parser.add_argument("--version", action="version", version=f"capsgen {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND")
     parser.subcommands = sub.choices
-    for module in (models, train, evaluate, generate, explore, attack, compare, reproduce):
+    for module in (models, train, evaluate, generate, explore, export, attack, compare, reproduce):
         module.add_parsers(sub)
     return parser
 
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("capsgen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except CapsgenError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"capsgen: error: {msg}", file=sys.stderr)
@@ -103,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             else:
                 signal.signal(signal.SIGTERM, old_term)
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (``capsgen models | head -2``): stop quietly, as a program killed
+    by SIGPIPE would. stdout now points at /dev/null, so Python's flush at exit cannot fail again
+    and print 'Exception ignored ... BrokenPipeError'."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):   # no real stdout (tests' capture): nothing left to protect
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:
@@ -131,7 +153,14 @@ def _leave_process_group() -> None:
 
 def entry() -> None:
     """The ``capsgen`` executable and ``python -m capsgen``: run :func:`main`, exit with its code."""
-    code = main()
+    try:
+        code = main()
+    except SystemExit as exc:   # argparse's --help / --version: flush below like any other output
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        sys.stdout.flush()    # what main printed may still sit in the buffer of a pipe
+    except BrokenPipeError:
+        code = _reader_gone()
     torchrun_worker = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
     if torchrun_worker or code == 130:
         # The process has written everything it owns: main() returned, so every `with` and

@@ -32,11 +32,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", choices=dataset_names(), help="dataset the samples imitate (required for FILE.npz)")
     p.add_argument("--data-dir", help="folder holding the dataset's standard files")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated latents and the real subsets")
+    p.add_argument("--image-size", type=int, help="files: the square size their images were made at, when a run "
+                   "with --set train.image_size=N made them (runs know their own)")
     add_device(p, "cpu")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("evaluator", help="train once (or show) the cached evaluator classifier of a dataset")
     p.add_argument("--data", required=True, choices=dataset_names(), help="dataset name")
     p.add_argument("--data-dir", help="folder holding the dataset's standard files")
+    p.add_argument("--image-size", type=int, help="the evaluator of images resized to this square size, as "
+                   "runs with --set train.image_size=N see them (default: the dataset's own size)")
     p.add_argument("--retrain", action="store_true", help="discard the cached evaluator and train it again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluator)
@@ -47,8 +51,12 @@ def cmd_eval(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise CapsgenError(f"--n must be a positive number, got {args.n}")
+    if args.image_size is not None and args.image_size < 4:
+        raise CapsgenError(f"--image-size must be >= 4, got {args.image_size}")
     if is_sample_file(args.run):
         return _eval_file(args)
+    if args.image_size is not None:
+        raise CapsgenError("--image-size is for sample files; a run is scored at its own train.image_size")
     from capsgen.eval.run_eval import evaluate_run, format_run_eval
     from capsgen.runs import read_run
 
@@ -69,7 +77,8 @@ def _eval_file(args) -> int:
         raise CapsgenError(f"--data NAME is required with a sample file (the dataset {args.run} imitates)")
     data = get_spec(args.data).name
     images = read_samples_npz(args.run)
-    result = evaluate_samples(images, data, args.n, data_dir=args.data_dir, seed=args.seed, source=str(args.run))
+    result = evaluate_samples(images, data, args.n, data_dir=args.data_dir, seed=args.seed, source=str(args.run),
+                              image_size=args.image_size)
     print(json.dumps({"source": str(args.run), "kind": "file", **result}))
     print(format_table(result))
     return 0
@@ -78,7 +87,10 @@ def _eval_file(args) -> int:
 def cmd_evaluator(args) -> int:
     from capsgen.eval.evaluator import get_evaluator
 
-    ev = get_evaluator(args.data, args.data_dir, retrain=args.retrain, progress=not args.no_progress)
+    if args.image_size is not None and args.image_size < 4:
+        raise CapsgenError(f"--image-size must be >= 4, got {args.image_size}")
+    ev = get_evaluator(args.data, args.data_dir, retrain=args.retrain, progress=not args.no_progress,
+                       image_size=args.image_size)
     print(json.dumps({"data": ev.data, "accuracy": ev.accuracy, "n_test": ev.n_test,
                       "feature_dim": ev.feature_dim, "path": str(Path(ev.path))}))
     print(f"{ev.data} evaluator: test accuracy {100 * ev.accuracy:.2f}% on {ev.n_test} test images; {ev.path}")

@@ -41,6 +41,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.routing_iterations=2")
+    p.add_argument("--config", metavar="FILE.toml", help="--set lines from a TOML file: keys under [train] and "
+                   "[model] (or bare names), lists for tuples; applied before your own --set")
     p.add_argument("--preset", help="named bundle of --set values of the model (see capsgen models), "
                    "applied before your own --set")
     p.add_argument("--twin", action="store_true", help="train the model's matched non-capsule twin: the same "
@@ -64,7 +66,8 @@ def cmd_train(args) -> int:
     from capsgen import runs
 
     if args.resume:
-        extra = [n for n in ("model", "data", "data_dir", "batch_size", "seed", "out", "preset", "precision", "twin")
+        extra = [n for n in ("model", "data", "data_dir", "batch_size", "seed", "out", "preset", "precision", "twin",
+                             "config")
                  if getattr(args, n)]
         if extra or args.set:
             raise CapsgenError("--resume continues a run with its own settings; only --steps/--epochs/--minutes/"
@@ -75,7 +78,7 @@ def cmd_train(args) -> int:
         if not args.model:
             raise CapsgenError("name a model to train (e.g. capsgen train capsnet --data fashion-mnist) "
                                "or pass --resume RUN_DIR")
-        pairs = args.set
+        pairs = [*(config_file_pairs(args.config) if args.config else []), *args.set]
         if args.twin:
             from capsgen.models import get_family
 
@@ -83,18 +86,58 @@ def cmd_train(args) -> int:
             if not fam.config_cls.TWIN:
                 have = ", ".join(f.name for f in twin_families())
                 raise CapsgenError(f"--twin: {args.model} has no capsule part, so no twin; families with one: {have}")
-            pairs = ["model.twin=true", *args.set]
+            pairs = ["model.twin=true", *pairs]
         tcfg, mcfg = runs.make_configs(args.model, pairs, preset=args.preset, data=args.data,
                                        data_dir=args.data_dir, epochs=args.epochs, steps=args.steps,
                                        minutes=args.minutes, batch_size=args.batch_size, seed=args.seed,
                                        precision=args.precision)
         out = args.out or f"runs/{args.model}-{tcfg.data}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run, final = runs.train_new(tcfg, mcfg, out, progress=not args.no_progress, device=args.device)
+        run, final = runs.train_new(tcfg, mcfg, out, progress=not args.no_progress, device=args.device,
+                                    preset=args.preset)
     from capsgen.train.distributed import launched_by_torchrun
 
     if not launched_by_torchrun() or _rank() == 0:
         print(json.dumps({"run": str(run.path), **final}))
     return 0
+
+
+def config_file_pairs(path: str) -> list[str]:
+    """The ``--set`` pairs a TOML file stands for: ``[train] steps = 5`` is ``train.steps=5``,
+    ``[model] channels = [16, 32]`` is ``model.channels=16,32``, a top-level ``lr = 1e-3`` is ``lr=1e-3``."""
+    try:
+        import tomllib                      # Python >= 3.11
+    except ModuleNotFoundError:             # Python 3.10: the same parser as a package
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise CapsgenError("--config needs Python >= 3.11 or the tomli package (pip install tomli)") from None
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+    except OSError as exc:
+        raise CapsgenError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CapsgenError(f"--config {path}: not valid TOML ({str(exc).splitlines()[0]})") from None
+    pairs: list[str] = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            if key not in ("train", "model"):
+                raise CapsgenError(f"--config {path}: unknown table [{key}]; use [train] and [model]")
+            for name, v in value.items():
+                pairs.append(f"{key}.{name}={_toml_text(v, path, f'{key}.{name}')}")
+        else:
+            pairs.append(f"{key}={_toml_text(value, path, key)}")
+    return pairs
+
+
+def _toml_text(value: Any, path: str, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    raise CapsgenError(f"--config {path}: {key} must be a number, a string, true/false or a list of numbers/strings")
 
 
 def twin_families() -> list:
@@ -137,7 +180,7 @@ def cmd_demo(args) -> int:
     print(f"capsgen demo: training a capsule GAN (preset {DEMO_PRESET}, {' '.join(DEMO_SETS)}: DCGAN generator; "
           f"DCGAN's conv body under routed capsules as discriminator) on the bundled mnist-5k digits for {steps} "
           f"steps into {out} (about 3 minutes on 2 CPU cores)")
-    run, final = runs.train_new(tcfg, mcfg, out, progress=True, device=args.device)
+    run, final = runs.train_new(tcfg, mcfg, out, progress=True, device=args.device, preset=DEMO_PRESET)
     figs = run.figures
     print(f"discriminator on {final['n']} test digits vs {final['n']} samples: accuracy {final['d_acc']:.3f} "
           f"(real {final['d_acc_real']:.3f}, fake {final['d_acc_fake']:.3f}; 0.5 = chance), "

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from capsgen.errors import CapsgenError
-from capsgen.eval.evaluator import CorruptCache, _locked, _say, _sha256, cache_root
+from capsgen.eval.evaluator import CorruptCache, _locked, _say, _sha256, cache_root, own_size
 
 RECIPE_VERSION = 1
 META_FILE = "evaluator.json"
@@ -94,10 +94,13 @@ def _net(recipe: AttributeRecipe, shape: tuple[int, int, int], num_attributes: i
                                Classifier(cfg, (c, h // f, w // f), num_attributes))
 
 
-def cache_key(data: str, data_dir: str | os.PathLike | None, recipe: AttributeRecipe) -> str:
+def cache_key(data: str, data_dir: str | os.PathLike | None, recipe: AttributeRecipe,
+              image_size: int | None = None) -> str:
     payload = {"recipe_version": RECIPE_VERSION, "data": data,
                "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                "recipe": dataclasses.asdict(recipe)}
+    if image_size is not None:   # only then: the native-size entries keep their cached keys
+        payload["image_size"] = image_size
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -151,7 +154,7 @@ class AttributeEvaluator:
 
 # ----------------------------------------------------------------------------- training
 def train_attribute_net(data: str, data_dir: str | os.PathLike | None, recipe: AttributeRecipe,
-                        progress: bool = True) -> tuple[torch.nn.Module, dict]:
+                        progress: bool = True, image_size: int | None = None) -> tuple[torch.nn.Module, dict]:
     """Train the network of ``recipe`` on ``data``; returns it (eval mode) and its facts.
 
     Deterministic: weights from ``recipe.seed``, batches from a generator seeded by it; the
@@ -159,8 +162,8 @@ def train_attribute_net(data: str, data_dir: str | os.PathLike | None, recipe: A
     """
     from capsgen.data import load_split
 
-    train = load_split(data, "train", data_dir, limit=recipe.limit)
-    test = load_split(data, "test", data_dir, limit=recipe.test_limit)
+    train = load_split(data, "train", data_dir, limit=recipe.limit, image_size=image_size)
+    test = load_split(data, "test", data_dir, limit=recipe.test_limit, image_size=image_size)
     if train.attributes is None or not train.attribute_names:
         raise CapsgenError(f"{data} has no binary attributes, so it has no attribute evaluator")
     names = list(train.attribute_names)
@@ -231,8 +234,9 @@ def load_attribute_evaluator(path: str | os.PathLike, expect_key: str | None = N
 
 def get_attribute_evaluator(data: str, data_dir: str | os.PathLike | None = None, train_if_missing: bool = True,
                             *, recipe: AttributeRecipe | None = None, retrain: bool = False,
-                            progress: bool = True) -> AttributeEvaluator:
-    """The cached attribute evaluator of ``data``; trains it first (saying so) when missing or damaged."""
+                            progress: bool = True, image_size: int | None = None) -> AttributeEvaluator:
+    """The cached attribute evaluator of ``data`` (of images resized to ``image_size`` when given);
+    trains it first (saying so) when missing or damaged."""
     from safetensors.torch import save
 
     from capsgen.data.registry import get_spec
@@ -240,7 +244,8 @@ def get_attribute_evaluator(data: str, data_dir: str | os.PathLike | None = None
 
     data = get_spec(data).name
     recipe = recipe or recipe_for(data)
-    key = cache_key(data, data_dir, recipe)
+    image_size = own_size(data, image_size)
+    key = cache_key(data, data_dir, recipe, image_size)
     folder = cache_root() / f"attributes-{data}-{key}"
     with _locked(folder.parent / f"{folder.name}.lock"):
         if folder.exists() and not retrain:
@@ -254,7 +259,7 @@ def get_attribute_evaluator(data: str, data_dir: str | os.PathLike | None = None
             raise CapsgenError(f"no {data} attribute evaluator in {folder.parent}")
         _say(f"training the {data} attribute evaluator ({recipe.steps} steps of {recipe.batch_size}, seed "
              f"{recipe.seed}) into {folder}; this happens once per dataset")
-        net, facts = train_attribute_net(data, data_dir, recipe, progress)
+        net, facts = train_attribute_net(data, data_dir, recipe, progress, image_size)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / META_FILE).unlink(missing_ok=True)      # the entry is incomplete until the end
         atomic_write_bytes(folder / WEIGHTS, save({k: v.contiguous() for k, v in net.state_dict().items()}))

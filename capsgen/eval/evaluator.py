@@ -81,20 +81,36 @@ def _canonical(data: str) -> str:
     return get_spec(data).name
 
 
+def own_size(data: str, image_size: int | None) -> int | None:
+    """``image_size``, or None when it is the dataset's own size (so that evaluator is shared)."""
+    from capsgen.data.registry import image_shape
+    from capsgen.errors import ConfigError
+
+    if image_size is None:
+        return None
+    try:
+        _, h, w = image_shape(data)
+    except ConfigError:           # a folder dataset: no fixed own size
+        return image_size
+    return None if (h, w) == (image_size, image_size) else image_size
+
+
 def cache_root() -> Path:
     """``$CAPSGEN_CACHE/evaluators`` (default ``~/.cache/capsgen/evaluators``)."""
     base = os.environ.get("CAPSGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "capsgen")
     return Path(base) / "evaluators"
 
 
-def make_configs(data: str, recipe: Recipe, data_dir: str | os.PathLike | None = None):
-    """(TrainConfig, ClassifierConfig) of ``recipe`` for ``data``."""
+def make_configs(data: str, recipe: Recipe, data_dir: str | os.PathLike | None = None,
+                 image_size: int | None = None):
+    """(TrainConfig, ClassifierConfig) of ``recipe`` for ``data`` (resized to ``image_size`` when given)."""
     from capsgen import runs
 
     tcfg, mcfg = runs.make_configs("classifier", list(recipe.model), data=data,
                                    data_dir=None if data_dir is None else str(data_dir),
                                    epochs=None if recipe.steps is not None else recipe.epochs,
-                                   steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed)
+                                   steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
+                                   image_size=image_size)
     return tcfg, mcfg
 
 
@@ -106,6 +122,8 @@ def cache_key(tcfg: Any, mcfg: Any) -> str:
     payload = {"recipe_version": RECIPE_VERSION, "family": tcfg.family, "data": tcfg.data,
                "data_dir": data_dir, "seed": tcfg.seed, "batch_size": tcfg.batch_size,
                "steps": tcfg.steps, "epochs": tcfg.epochs, "model": to_dict(mcfg)}
+    if tcfg.image_size is not None:   # only then: the native-size evaluators keep their cached keys
+        payload["image_size"] = tcfg.image_size
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -274,8 +292,9 @@ def _train(folder: Path, tcfg: Any, mcfg: Any, key: str, recipe: Recipe, progres
 
 def get_evaluator(data: str, data_dir: str | os.PathLike | None = None, train_if_missing: bool = True,
                   *, recipe: Recipe | None = None, retrain: bool = False,
-                  progress: bool = True) -> Evaluator:
-    """The cached evaluator of ``data``; trains it first (printing progress) when missing.
+                  progress: bool = True, image_size: int | None = None) -> Evaluator:
+    """The cached evaluator of ``data`` (of images resized to ``image_size`` when given, as a run
+    with ``train.image_size`` sees them); trains it first (printing progress) when missing.
 
     ``recipe`` overrides the dataset's fixed :data:`RECIPES` entry (it is part of the cache
     key). A damaged entry is reported on stderr and retrained; with ``train_if_missing=False``
@@ -284,10 +303,12 @@ def get_evaluator(data: str, data_dir: str | os.PathLike | None = None, train_if
     """
     data = _canonical(data)
     recipe = recipe or recipe_for(data)
-    tcfg, mcfg = make_configs(data, recipe, data_dir)
+    image_size = own_size(data, image_size)
+    tcfg, mcfg = make_configs(data, recipe, data_dir, image_size)
     key = cache_key(tcfg, mcfg)
     folder = cache_root() / f"{data}-{key}"
-    how = f"capsgen evaluator --data {data}" + (f" --data-dir {data_dir}" if data_dir else "")
+    how = f"capsgen evaluator --data {data}" + (f" --data-dir {data_dir}" if data_dir else "") + \
+        (f" --image-size {image_size}" if image_size else "")
     with _locked(folder.parent / f"{folder.name}.lock"):
         if folder.exists() and not retrain:
             try:

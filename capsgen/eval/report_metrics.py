@@ -54,11 +54,19 @@ def _check_images(images: Any, hwc: tuple[int, int, int], data: str, source: str
         raise CapsgenError(f"{source}: images must be a uint8 array [N, H, W, C], got {desc}")
     if images.shape[1:] != hwc:
         h, w, c = hwc
+        hint = (f"; made by a run with train.image_size={images.shape[1]}? add --image-size {images.shape[1]}"
+                if images.shape[1] == images.shape[2] and images.shape[3] == c else "")
         raise CapsgenError(f"{source}: images have shape [N, H, W, C] = {list(images.shape)}, but {data} "
-                           f"images are [N, {h}, {w}, {c}]")
+                           f"images are [N, {h}, {w}, {c}]{hint}")
     if len(images) < MIN_SAMPLES:
         raise CapsgenError(f"{source}: {len(images)} images are too few; give at least {MIN_SAMPLES}")
     return images
+
+
+def check_sample_count(n: int | None) -> None:
+    """``n`` samples are enough for every metric (None: all of a file's, checked with the file)."""
+    if n is not None and n < MIN_SAMPLES:
+        raise CapsgenError(f"--n must be at least {MIN_SAMPLES}, got {n}")
 
 
 def _subset(n_total: int, n: int, seed: int) -> np.ndarray:
@@ -87,8 +95,9 @@ def metric_set(f_fake: torch.Tensor, p_fake: torch.Tensor, f_ref: torch.Tensor, 
 def evaluate_samples(images: np.ndarray, data: str, n: int | None = None, evaluator: Any = None, *,
                      data_dir: str | os.PathLike | None = None, seed: int = 0, source: str = "samples",
                      kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3, dc_k: int = 5,
-                     is_splits: int = 10) -> dict[str, Any]:
-    """Metrics of generated ``images`` (uint8 [N, H, W, C]) against the real ``data`` test split.
+                     is_splits: int = 10, image_size: int | None = None) -> dict[str, Any]:
+    """Metrics of generated ``images`` (uint8 [N, H, W, C]) against the real ``data`` test split
+    (resized to ``image_size`` when given, as a run with ``train.image_size`` was trained on).
 
     ``n`` limits the samples to the first n (default: all). ``evaluator`` defaults to the
     cached one of ``data`` (:func:`capsgen.eval.evaluator.get_evaluator`, trained if missing).
@@ -100,12 +109,11 @@ def evaluate_samples(images: np.ndarray, data: str, n: int | None = None, evalua
     from capsgen.eval.evaluator import get_evaluator
 
     data = get_spec(data).name
-    if n is not None and n < MIN_SAMPLES:
-        raise CapsgenError(f"--n must be at least {MIN_SAMPLES}, got {n}")
-    test = load_split(data, "test", data_dir)
-    train = load_split(data, "train", data_dir)
+    check_sample_count(n)
+    test = load_split(data, "test", data_dir, image_size=image_size)
+    train = load_split(data, "train", data_dir, image_size=image_size)
     images = _check_images(images, tuple(test.images.shape[1:]), data, source)
-    ev = evaluator if evaluator is not None else get_evaluator(data, data_dir)
+    ev = evaluator if evaluator is not None else get_evaluator(data, data_dir, image_size=image_size)
     if ev.data != data:
         raise CapsgenError(f"the evaluator was trained on {ev.data}, not {data}")
     n_s = len(images) if n is None else min(n, len(images))

@@ -50,12 +50,21 @@ def attribute_fidelity(task: Any, evaluator: Any, attributes: torch.Tensor, n: i
 
 def evaluate_run(path: str, n: int | None = None, seed: int = 0, which: str = "best",
                  device: str | None = "cpu", data_dir: str | None = None) -> dict[str, Any]:
-    """A dict with one entry per capability of the run (see the module docstring)."""
+    """A dict with one entry per capability of the run (see the module docstring).
+
+    Every check that can fail runs before an evaluator is trained (minutes, once per dataset and
+    image size): the sample count, the run, its test split and its samples' shape. The evaluators
+    are those of the run's ``train.image_size`` (the dataset's own size when it has none).
+    """
+    from capsgen.eval.report_metrics import check_sample_count
+
     if n is not None and n < 1:
         raise CapsgenError(f"--n must be a positive number, got {n}")
     opened = open_run(path, which, device)
     task, tcfg = opened.task, opened.train_config
     caps = capabilities_of(task)
+    if "generate" in caps:
+        check_sample_count(n)
     out: dict[str, Any] = {"run": str(opened.run.path), "family": tcfg.family, "data": tcfg.data,
                            "checkpoint": opened.checkpoint.stem, "capabilities": caps}
     data_dir = data_dir or tcfg.data_dir
@@ -79,16 +88,20 @@ def evaluate_run(path: str, n: int | None = None, seed: int = 0, which: str = "b
 
         m = n or DEFAULT_SAMPLES
         images = to_uint8_hwc(task.sample(m, torch.Generator().manual_seed(seed)))
-        ev = get_evaluator(tcfg.data, data_dir)
+        if images.shape[1:] != tuple(test.images.shape[2:]) + (test.images.shape[1],):
+            raise CapsgenError(f"{opened.run.path}: its samples are {list(images.shape[1:])} but its test images "
+                               f"{list(test.images.shape[1:])}; the run folder does not match its config")
+        size = tcfg.image_size
+        ev = get_evaluator(tcfg.data, data_dir, image_size=size)
         out["generate"] = evaluate_samples(images, tcfg.data, m, ev, data_dir=data_dir, seed=seed,
-                                           source=str(opened.run.path))
+                                           source=str(opened.run.path), image_size=size)
         if "class-conditional" in caps and opened.info.num_classes:
             per = max(1, m // opened.info.num_classes)
             out["class-conditional"] = class_fidelity(task, ev, opened.info.num_classes, per, seed)
         if "attribute-conditional" in caps and test_n.attributes is not None:
             from capsgen.eval.attribute_evaluator import get_attribute_evaluator
 
-            aev = get_attribute_evaluator(tcfg.data, data_dir)
+            aev = get_attribute_evaluator(tcfg.data, data_dir, image_size=size)
             out["attribute-conditional"] = attribute_fidelity(task, aev, test_n.attributes, m, seed)
     return out
 
@@ -137,9 +150,9 @@ def sample_verdict(path: str, n: int = 1000, seed: int = 0, confident: float = 0
     if "generate" not in capabilities_of(task):
         raise CapsgenError(f"{opened.run.path} is a {tcfg.family} run, which cannot generate images")
     images = task.sample(n, torch.Generator().manual_seed(seed))
-    ev = get_evaluator(tcfg.data, tcfg.data_dir)
+    ev = get_evaluator(tcfg.data, tcfg.data_dir, image_size=tcfg.image_size)
     res = evaluate_samples(to_uint8_hwc(images), tcfg.data, n, ev, data_dir=tcfg.data_dir, seed=seed,
-                           source=str(opened.run.path))
+                           source=str(opened.run.path), image_size=tcfg.image_size)
     probs = ev.probs(images)
     cc = res["samples"]["class_coverage"]
     return {"n": n, "fid": res["samples"]["fid"], "fid_floor": res["real_vs_real"]["fid"],

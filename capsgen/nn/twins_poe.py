@@ -142,12 +142,17 @@ def em_step(x: torch.Tensor, p: MixtureParams, **kw) -> tuple[MixtureParams, flo
     return m_step(stats, p, **kw), float(stats.loglik) / len(x)
 
 
+def posterior_latents(x: torch.Tensor, p: MixtureParams) -> torch.Tensor:
+    """E[z | x_n, j] = M_j^{-1} W_j^T (x_n - mu_j) for every component: [J, q, B]."""
+    _, proj = _centred_projections(x, p)
+    return torch.cholesky_solve(proj.double(), _inner_cholesky(p)).to(x.dtype)
+
+
 def posterior_reconstruction(x: torch.Tensor, p: MixtureParams) -> torch.Tensor:
     """sum_j R_nj (mu_j + W_j E[z | x_n, j]) [B, D]: each component's noise-free projection of x
-    (E[z | x, j] = M_j^{-1} W_j^T (x - mu_j)), weighted by the responsibilities."""
+    (:func:`posterior_latents`), weighted by the responsibilities."""
     R, _ = responsibilities(x, p)
-    _, proj = _centred_projections(x, p)
-    z = torch.cholesky_solve(proj.double(), _inner_cholesky(p)).to(x.dtype)   # [J, q, B]
+    z = posterior_latents(x, p)                                               # [J, q, B]
     recon = p.means[:, None, :] + torch.einsum("jdq,jqb->jbd", p.factors, z)  # [J, B, D]
     return torch.einsum("bj,jbd->bd", R, recon)
 

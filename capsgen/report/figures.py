@@ -15,6 +15,29 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return arr.permute(0, 2, 3, 1).cpu().numpy()
 
 
+CAPTION_LINE = 12   # pixels per caption line: PIL's default 10-pixel font plus spacing
+
+
+def captioned(img: Image.Image, caption: str) -> Image.Image:
+    """``img`` under a white strip holding ``caption``, wrapped to the picture's width, in RGB."""
+    from PIL import ImageDraw
+
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in caption.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}") <= img.width - 4:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    top = CAPTION_LINE * len(lines) + 2
+    out = Image.new("RGB", (img.width, img.height + top), "white")
+    out.paste(img.convert("RGB"), (0, top))
+    draw = ImageDraw.Draw(out)
+    for k, line in enumerate(lines):
+        draw.text((2, 1 + CAPTION_LINE * k), line, fill="black")
+    return out
+
+
 def image_grid(images: torch.Tensor, ncol: int, pad: int = 2, scale: int = 1) -> Image.Image:
     """Tile float images [N, C, H, W] in [0, 1] into one picture, ``ncol`` per row."""
     arr = to_uint8_hwc(images)

@@ -4,14 +4,23 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from capsgen.errors import CapsgenError
+from capsgen.lists import comma_items
+
+
+def _items(text: str, example: str) -> list[str]:
+    try:
+        return comma_items(text, example)
+    except CapsgenError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def _ints(text: str, what: str, example: str) -> tuple[int, ...]:
+    items = _items(text, example)
     try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
+        values = tuple(int(t) for t in items)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated {what}, e.g. {example}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"{text!r}: give at least one of the {what}, e.g. {example}")
     return values
 
 
@@ -43,7 +52,7 @@ def name_list(choices: tuple[str, ...], allow_none: bool = False,
     def parse(text: str) -> tuple[str, ...]:
         if allow_none and text.strip() == "none":
             return ()
-        names = {t.strip() for t in text.split(",") if t.strip()}
+        names = set(_items(text, ",".join(choices[:2])))
         if not names or names - set(choices) or (required and required not in names):
             extra = (" or none" if allow_none else "") + (f" ({required} always)" if required else "")
             raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(choices)}{extra}")

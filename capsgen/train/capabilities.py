@@ -72,6 +72,19 @@ class Discriminating(ABC):
         """P(real) [N] for images [N, C, H, W] in [0, 1]."""
 
 
+class Encoding(ABC):
+    """Maps images to the model's capsules and capsules back to images (an autoencoding capsule
+    model): ``decode_capsules(encode_capsules(x))`` is the model's reconstruction of x."""
+
+    @abstractmethod
+    def encode_capsules(self, images: torch.Tensor) -> torch.Tensor:
+        """Capsules [N, *caps, D] (the family's layout, on the CPU) of images [N, C, H, W] in [0, 1]."""
+
+    @abstractmethod
+    def decode_capsules(self, capsules: torch.Tensor) -> torch.Tensor:
+        """Images [N, C, H, W] in [0, 1] from capsules laid out as :meth:`encode_capsules` returns them."""
+
+
 class CapsuleSampling(ABC):
     """A refinement of :class:`Generative` for models whose prior is a set of code capsules
     (Hauser's products of expert capsules): draw from one chosen capsule, on the whole pose
@@ -213,6 +226,7 @@ CAPABILITIES: dict[str, type] = {
     "classify": Classifying,
     "attributes": AttributePredicting,
     "discriminate": Discriminating,
+    "encode": Encoding,
 }
 
 

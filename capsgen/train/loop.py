@@ -121,6 +121,28 @@ def _autocast(task: Task, precision: str):
     return contextlib.nullcontext()
 
 
+def start_header(run: RunDir, task: Task, cfg: TrainConfig, p: Plan, step: int) -> str:
+    """One line before the wait: what trains, how big, where, with what and for how long."""
+    import os
+
+    params = sum(t.numel() for m in task.modules.values() for t in m.parameters())
+    preset = (run.read_config().get("preset") or None) if run.config_path.is_file() else None
+    if cfg.steps is not None or cfg.epochs is not None or cfg.minutes is None:
+        budget = f"{p.total_steps:,} steps ({p.total_steps / p.steps_per_epoch:.3g} epochs)"
+        budget += f", at most {cfg.minutes:g} min" if cfg.minutes is not None else ""
+    else:
+        budget = f"{cfg.minutes:g} min"
+    if step:
+        budget += f", from step {step:,}"
+    threads = torch.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return (f"capsgen: training {cfg.family}" + (f" (preset {preset})" if preset else "")
+            + f" on {cfg.data}: {params:,} parameters, device {task.device}, {threads} thread"
+            + ("s" if threads != 1 else "") + (f" (OMP_NUM_THREADS={omp})" if omp else "")
+            + f", batch {cfg.batch_size}" + (f" over {cfg.world_size} processes" if cfg.world_size > 1 else "")
+            + f", {budget}, {cfg.precision}; into {run.path}")
+
+
 def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: Batch,
                  resume: bool = False, progress: bool = True,
                  on_eval: Callable[[int, dict], None] | None = None) -> dict:
@@ -148,7 +170,13 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
         writer = SummaryWriter(str(run.tb), purge_step=state["step"] if resume else None)
-    step = state["step"]
+    step = start_step = state["step"]
+    if main and cfg.precision == "bf16" and task.device.type == "cpu":
+        # Measured: the default CapsNet on mnist-5k, batch 32, one thread, 20 steps: 1353 s in bf16
+        # against 133 s in fp32 on this project's 2-core machine (the issue saw 2x on another run).
+        print("capsgen: warning: bf16 on a CPU is slower than fp32 (10x per step for the default CapsNet on this "
+              "project's machine: CPUs without bf16 units emulate it); use it on a GPU, or leave --precision out",
+              file=sys.stderr, flush=True)
     if main and step >= p.total_steps:
         print(f"{run.path}: already trained for {step} of {p.total_steps} steps")
     elif main and cfg.minutes is not None and state["elapsed"] >= cfg.minutes * 60:
@@ -190,11 +218,13 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
                 writer.add_scalar(f"train/{k2}", v, step)
             bar.set_postfix({k2: f"{v:.4g}" for k2, v in means.items()}, refresh=False)
 
-    def evaluate() -> dict:
+    def evaluate(record: bool = True) -> dict:
         task.train_mode(False)
         with torch.no_grad():
             res = task.evaluate(test)
         task.train_mode(True)
+        if not record:
+            return res
         run.append_metrics({"step": step, "split": "test", **res})
         for k, v in res.items():
             writer.add_scalar(f"test/{k}", v, step)
@@ -205,6 +235,8 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
     if step == 0:
         save("last")  # so a run that diverges or dies early still has a good checkpoint
     budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
+    if progress and main and step < p.total_steps:
+        print(start_header(run, task, cfg, p, step), file=sys.stderr, flush=True)
     bar = tqdm(total=None if p.total_steps == UNBOUNDED else p.total_steps, initial=step,
                disable=not (progress and main), unit="step", dynamic_ncols=True, file=sys.stderr)
     spent = state["elapsed"] >= budget_s
@@ -236,7 +268,14 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
                 step += 1
                 for k2, v in figures.items():
                     window.setdefault(k2, []).append(v)
+                if budget_s != math.inf:   # tqdm's own ETA counts steps; a time budget ends sooner
+                    left = max(0.0, budget_s - (time.perf_counter() - t0))
+                    bar.set_description_str(f"{int(left // 60)}:{int(left % 60):02d} left", refresh=False)
                 bar.update(1)
+                last = step == p.total_steps or out_of_time
+                if last and progress and main:
+                    bar.write(f"capsgen: step {step}: final evaluation on the test split ...",
+                              file=sys.stderr)
                 if step % cfg.log_every == 0 or step == p.total_steps or out_of_time:
                     log_row()
                 if main:
@@ -262,5 +301,9 @@ def run_training(run: RunDir, task: Task, cfg: TrainConfig, train: Batch, test: 
         if writer is not None:
             writer.close()
     if main and not final:
-        final = evaluate() if step > 0 else {}
+        # A resume of a finished run trains nothing and usually finds this step's test row in
+        # metrics.jsonl already (the last step is evaluated before 'last' is saved): no second row.
+        done = step == start_step and any(r.get("split") == "test" and r.get("step") == step
+                                          for r in run.read_metrics())
+        final = evaluate(record=not done) if step > 0 else {}
     return final

@@ -117,7 +117,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             os.chmod(self.path, DIR_MODE)
-            for sub in (self.checkpoints, self.figures):
+            for sub in (self.checkpoints, self.figures, self.tb):   # before TensorBoard makes tb/ by the umask
                 sub.mkdir(exist_ok=True, mode=DIR_MODE)
             self.lock()
             atomic_write_text(self.config_path, json.dumps(config, indent=2, sort_keys=True))

@@ -19,5 +19,5 @@ def _task():
 
 
 FAMILY = Family("poe", "products of expert capsules: conv autoencoder, capsule encoder W by contrastive "
-                "divergence, decoder U; samples per code capsule", PoEConfig, _task, ("generate",),
+                "divergence, decoder U; samples per code capsule", PoEConfig, _task, ("generate", "encode"),
                 paper="Hauser")

@@ -41,7 +41,7 @@ from capsgen.nn.contrastive import capsule_reconstruction_error, mix_by_routing
 from capsgen.nn.squash import safe_norm, squash
 from capsgen.nn.twins_poe import EMStatistics
 from capsgen.report.figures import plot_curves, save_image_grid
-from capsgen.train.capabilities import CapsuleSampling, Generative, PoseDecoding, PoseLayout
+from capsgen.train.capabilities import CapsuleSampling, Encoding, Generative, PoseDecoding, PoseLayout
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
@@ -51,7 +51,7 @@ GRID_ROWS = 4        # samples per capsule in the capsule grids (Hauser's figure
 EM_STATE = tuple(f.name for f in fields(EMStatistics))    # the twin's E-step sums, as extra_state "em_<name>"
 
 
-class PoETask(Task, Generative, CapsuleSampling, PoseDecoding):
+class PoETask(Task, Generative, CapsuleSampling, PoseDecoding, Encoding):
     """Autoencoder + capsule encoder W + decoder U (:class:`PoEModel` with its ``capsules``), trained
     stage by stage; or the twin's autoencoder + mixture (``mixture``).
 
@@ -281,6 +281,26 @@ class PoETask(Task, Generative, CapsuleSampling, PoseDecoding):
         """Codes [N, J, D] (CPU) -> images [N, C, H, W] in [0, 1] on the CPU."""
         dt = self.caps.directions.dtype
         return self.caps.images_from_codes(code.to(self.device, dt)).float().cpu()
+
+    @torch.no_grad()
+    def encode_capsules(self, images: torch.Tensor) -> torch.Tensor:
+        """Code capsules [N, J, D] on the CPU: the AE encoder's primary capsules routed through W
+        (the twin: the posterior latent E[z | x, j] of the most responsible component j in slot j,
+        the other slots zero)."""
+        self.require_decoder()
+        if self.twin is not None:
+            return self.twin.encode_latents(images.to(self.device)).float().cpu()
+        model = self.caps
+        return model.encode(model.visible_capsules(images.to(self.device, model.directions.dtype))).float().cpu()
+
+    def decode_capsules(self, capsules: torch.Tensor) -> torch.Tensor:
+        """Images from code capsules [N, J, D]: U, then the AE decoder (the twin: the slot with the
+        longest latent, through its component's mean and loadings)."""
+        self.require_decoder()
+        if self.twin is not None:
+            k = capsules.norm(dim=-1).argmax(dim=1)
+            return self.twin.decode_latents(capsules[torch.arange(len(capsules)), k], k).float().cpu()
+        return self.decode_codes(capsules)
 
     def capsule_grid(self, rows: int, domain: str, generator: torch.Generator,
                      negate: bool = False) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from capsgen.errors import CapsgenError
 from capsgen.nn.twins_poe import (EMStatistics, MixtureParams, chi2_quantile, em_statistics, m_step,
-                                  posterior_reconstruction)
+                                  posterior_latents, posterior_reconstruction, responsibilities)
 
 Reduce = Callable[[list[torch.Tensor]], None]
 NOISE_FLOOR = 1e-3      # of the mean feature variance: a component fitted to a single example stays finite
@@ -167,6 +167,23 @@ class MixtureTwin(nn.Module):
         if restricted or eps is None:
             return x
         return x + self.noise[k].sqrt()[:, None] * eps.to(dev, self.means.dtype)
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, J, q]: each image's posterior latent in its most responsible component's slot, zeros
+        elsewhere (the twin's counterpart of code capsules with one capsule on)."""
+        with torch.no_grad():
+            x, p = self.features(images), self.params()
+            out = []
+            for i in range(0, len(x), CHUNK):
+                xb = x[i:i + CHUNK]
+                R, _ = responsibilities(xb, p)
+                k = R.argmax(dim=1)
+                z = posterior_latents(xb, p)                                   # [J, q, b]
+                code = xb.new_zeros(len(xb), *z.shape[:2])
+                rows = torch.arange(len(xb), device=xb.device)
+                code[rows, k] = z[k, :, rows]
+                out.append(code)
+            return torch.cat(out) if out else x.new_zeros(0, *self.factors.shape[::2])
 
     def decode_latents(self, g: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
         """Images [N, C, H, W] of latents g [N, q] in ``components`` [N], as given (no noise)."""

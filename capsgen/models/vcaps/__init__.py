@@ -22,5 +22,5 @@ def _task():
 
 FAMILY = Family("vcaps", "variational capsules: KL-to-prior capsules per class or attribute, masked decoder, "
                 "optional LSGAN discriminator", VCapsConfig, _task,
-                ("generate", "class-conditional", "attribute-conditional", "classify", "attributes"),
+                ("generate", "class-conditional", "attribute-conditional", "classify", "attributes", "encode"),
                 paper="Huang et al.")

@@ -54,7 +54,7 @@ from capsgen.models.vcaps.nets import build_networks, capsule_layout
 from capsgen.nn.variational import lsgan_d_loss, lsgan_g_loss, min_kl_mask, reconstruction_loss, target_mask
 from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import (AttributeConditional, AttributePredicting, ClassConditional, Classifying,
-                                        Generative, PoseDecoding, PoseEncoding, PoseLayout, PosePrior)
+                                        Encoding, Generative, PoseDecoding, PoseEncoding, PoseLayout, PosePrior)
 from capsgen.train.distributed import SINGLE, Distributed
 from capsgen.train.task import DataInfo, StepContext, Task
 
@@ -91,7 +91,7 @@ class AttributeBank(torch.nn.Module):
 
 
 class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classifying, AttributePredicting,
-                PoseDecoding, PoseEncoding, PosePrior):
+                PoseDecoding, PoseEncoding, PosePrior, Encoding):
     """Variational capsule network (Huang et al.). Modules: autoencoder (encoder + decoder),
     discriminator when ``beta > 0``, attribute_bank in attribute mode; optimizers: Adam for the
     autoencoder and the discriminator. The twin differs in the encoder's reader of its head and
@@ -235,6 +235,14 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
     def predicted_input(self, post: Posterior) -> torch.Tensor:
         """The decoder input of the posterior means under the predicted (least-KL) mask."""
         return self.code.decoder_input(post.mu, self.code.predicted_mask(post))
+
+    def encode_capsules(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoder input of images: the means of the predicted (least-KL) capsules, the others
+        masked to zero [N, *caps, D] (the twin: its latent means beside the predicted condition)."""
+        return self.predicted_input(self.encode(images)).float().cpu()
+
+    def decode_capsules(self, capsules: torch.Tensor) -> torch.Tensor:
+        return self.decode(capsules.to(self.device))
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions [N, C, H, W] from the means of the predicted (least-KL) capsules."""
