@@ -13,11 +13,13 @@ from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
 from capsgen.train.capabilities import Classifying
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 
 class CapsNetTask(Task, Classifying):
     best_metric, best_mode = "test_error", "min"
+    MEMORY_OPTIONS = ("--batch-size", "model.primary_capsules", "model.class_dim", "model.conv_channels")
 
     def __init__(self, config: CapsNetConfig, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):
@@ -37,6 +39,10 @@ class CapsNetTask(Task, Classifying):
         acc = (parts["lengths"].argmax(1) == y).float().mean()
         return {"loss": loss.item(), "margin": parts["margin"].item(),
                 "recon_sse": parts["recon_sse"].item(), "accuracy": acc.item()}
+
+    def activation_bytes(self, batch_size: int) -> int:
+        # the decoder's activations (B x 2,320 floats) are ~1/300 of the votes': left out
+        return passes_bytes((self.model, meta(batch_size, *self.info.shape)))
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class-capsule lengths [B, K] (differentiable w.r.t. the images)."""

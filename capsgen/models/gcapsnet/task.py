@@ -25,6 +25,7 @@ from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
 from capsgen.train.capabilities import Classifying
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 EVAL_BATCH = 500       # test images per forward pass
@@ -59,6 +60,9 @@ class GCapsNetTask(Task, Classifying):
             if name in parts:
                 figures[name] = parts[name].item()
         return figures
+
+    def activation_bytes(self, batch_size: int) -> int:
+        return passes_bytes((self.model, meta(batch_size, *self.info.shape)))
 
     # ------------------------------------------------------------------------------ using a run
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
