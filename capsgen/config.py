@@ -83,6 +83,8 @@ class TrainConfig:
     threads: int | None = opt(None, min=1)        # torch intra-op threads (None = torch default)
     precision: str = opt("fp32", choices=("fp32", "bf16"))   # bf16: autocast around train_step
     world_size: int = opt(1, min=1)               # processes (torchrun); a resume must use as many
+    max_memory_gb: float | None = opt(None, gt=0)  # refuse a run whose estimated step needs more (GiB);
+                                                  # None = the device's free memory (capsgen.train.memory)
 
 
 def fit_train_budget(tcfg: TrainConfig, mcfg: Any) -> None:

@@ -7,6 +7,7 @@ persists a bad budget into a run's config.json.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import shutil
@@ -30,6 +31,7 @@ from capsgen.train.checkpoint import load_checkpoint, read_checkpoint
 from capsgen.train.device import resolve_device
 from capsgen.train.distributed import SINGLE, Distributed, init_from_env
 from capsgen.train.loop import Interrupted, plan, run_training
+from capsgen.train.memory import check_step_memory
 from capsgen.train.rundir import RunDir
 from capsgen.train.task import DataInfo, Task
 
@@ -66,10 +68,14 @@ def build_task(cfg: TrainConfig, model_cfg: Any, info: DataInfo, device: torch.d
                dist: Distributed = SINGLE) -> Task:
     """The family's Task with fresh weights; initialisation depends on the run seed only."""
     family = get_family(cfg.family)
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    # On the meta device every tensor is made there (shapes only): without the context, modules
+    # would initialise their weights in CPU memory before moving to meta.
+    where = device if device.type == "meta" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), where:
         torch.manual_seed(cfg.seed)
         try:
-            return family.task()(model_cfg, info, torch.device(device), dist)
+            return family.task()(model_cfg, info, device, dist)
         except ValueError as exc:
             raise ConfigError(f"cannot build {cfg.family} for {info.name}: {exc}") from None
 
@@ -90,6 +96,14 @@ def seed_global_rngs(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def check_memory(tcfg: TrainConfig, mcfg: Any, info: DataInfo, device: torch.device) -> None:
+    """Refuse (one line) a run whose estimated step does not fit the device, before its task exists:
+    the estimate comes from a task built on the meta device (shapes, no storage)."""
+    task = build_task(tcfg, mcfg, info, "meta")
+    need = task.memory_estimate(tcfg.batch_size // tcfg.world_size)
+    check_step_memory(need, device, tcfg.max_memory_gb, ", ".join(type(task).MEMORY_OPTIONS))
 
 
 def preset_pairs(family: str, preset: str | None, flags: set[str] = frozenset()) -> list[str]:
@@ -155,6 +169,7 @@ def train_new(tcfg: TrainConfig, mcfg: Any, out: str | Path, progress: bool = Tr
     info = data_info(train)
     plan(tcfg, info.train_size)
     seed_global_rngs(tcfg.seed)
+    check_memory(tcfg, mcfg, info, dev)
     task = build_task(tcfg, mcfg, info, dev, dist)
     if dist.is_main:
         existed = run.path.exists()
@@ -257,6 +272,7 @@ def resume(path: str | Path, steps: int | None = None, epochs: float | None = No
     if data_info(train) != info:
         raise CapsgenError(f"{tcfg.data}: the dataset differs from the one {run.path} was trained on "
                            f"(recorded {info.shape}, {info.train_size} images); point --data-dir at the same files")
+    check_memory(tcfg, mcfg, info, dev)
     task = build_task(tcfg, mcfg, info, dev, dist)
     if dist.is_main:
         run.lock()

@@ -1,9 +1,11 @@
 """Multi-process training under torchrun (gloo on the CPU): same weights as one process, resume,
-world-size checks, and a GAN family smoke test. Spawns processes, so marked slow."""
+world-size checks, a GAN family smoke test, and two "nodes" (two torchrun launchers meeting at a
+c10d rendezvous on localhost). Spawns processes, so marked slow."""
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +85,42 @@ def test_gan_family_trains_under_torchrun(tmp_path):
     assert r.returncode == 0, r.stderr
     state = read_checkpoint(out / "checkpoints" / "last.safetensors")[1]["state"]
     assert state["step"] == 4 and (out / "figures" / "samples.png").exists()
+
+
+def two_nodes(args: list[str], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """``capsgen args`` as two nodes of one process each: two torchrun launchers, as on two machines,
+    that find each other through a c10d rendezvous (here on localhost; across machines, the
+    address of one of them)."""
+    with socket.socket() as s:     # a free port for the rendezvous
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=localhost:{port}", "--rdzv_id=capsgen-two-nodes",
+           "-m", "capsgen", *args]
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    done = []
+    for node in nodes:
+        out, err = node.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(cmd, node.returncode, out, err))
+    return done
+
+
+def test_two_nodes_train_and_resume_from_rank_0s_checkpoint(tmp_path):
+    one, nodes = tmp_path / "one12", tmp_path / "nodes"
+    r = run_cli([*CAPSNET, "--steps", "12", "--out", str(one)])
+    assert r.returncode == 0, r.stderr
+    done = two_nodes([*CAPSNET, "--steps", "8", "--out", str(nodes)])
+    assert all(d.returncode == 0 for d in done), [d.stderr for d in done]
+    # the process the rendezvous made rank 0 wrote the one run folder and the one JSON line
+    assert sum(line.startswith("{") for d in done for line in d.stdout.splitlines()) == 1
+    assert json.loads((nodes / "config.json").read_text())["train"]["world_size"] == 2
+    assert read_checkpoint(nodes / "checkpoints" / "last.safetensors")[1]["state"]["step"] == 8
+    # both nodes resume from that checkpoint (a shared folder here; copied to each node otherwise)
+    done = two_nodes(["train", "--resume", str(nodes), "--steps", "12", "--no-progress"])
+    assert all(d.returncode == 0 for d in done), [d.stderr for d in done]
+    assert read_checkpoint(nodes / "checkpoints" / "last.safetensors")[1]["state"]["step"] == 12
+    diff = max_difference(one, nodes)
+    print(f"max |w_1proc - w_2nodes| after 8 + 4 resumed steps = {diff:.3g}")
+    assert diff < 1e-4

@@ -28,6 +28,15 @@ The contract, stated once:
   submodule ``caps``) where the twin differs. Everything outside them — every other submodule's
   name, type and parameter shapes, the optimizers, the capabilities — is the same for both, and
   tests/test_twins.py checks exactly that for every family that has a twin.
+- ``activation_bytes(batch_size)`` estimates, from the built networks' shapes alone, the bytes of
+  activations one ``train_step`` of ``batch_size`` examples (this process's rows) keeps alive at
+  its peak: the family lists its forward passes and :mod:`capsgen.train.memory` applies one rule
+  per kind of layer (votes [B, I, J, D] and routing intermediates for capsule layers, each
+  layer's output otherwise). It must work on a task built on the ``meta`` device, because the
+  estimate (:meth:`memory_estimate`, plus weights, gradients and optimizer state) is checked
+  against the device's free memory before the real task is built. ``MEMORY_OPTIONS`` names the
+  options that shrink it, for the refusal's one line. A family that states no activations
+  (``None``, the default) is checked on its weights and optimizer state alone.
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ import torch
 
 from capsgen.data.batch import Batch
 from capsgen.train.distributed import Distributed, SINGLE
+from capsgen.train.memory import state_bytes
 
 
 @dataclass
@@ -85,6 +95,8 @@ class Task(ABC):
     best_mode: str = "min"
     #: module paths where the family's twin differs from the capsule model (see the contract)
     TWIN_PARTS: tuple[str, ...] = ()
+    #: options that shrink :meth:`memory_estimate`, named when a run is refused for memory
+    MEMORY_OPTIONS: tuple[str, ...] = ("--batch-size",)
 
     def __init__(self, config: Any, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):
@@ -102,6 +114,16 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, batch: Batch) -> dict[str, float]:
         """Figures on held-out data (a CPU batch; move slices to ``self.device``); no state changes."""
+
+    def activation_bytes(self, batch_size: int) -> int | None:
+        """Peak activation bytes of one ``train_step`` on ``batch_size`` examples (see the contract);
+        None: the family states none, and only its weights and optimizer state are counted."""
+        return None
+
+    def memory_estimate(self, batch_size: int) -> int:
+        """Bytes one ``train_step`` of ``batch_size`` examples needs at its peak on this process:
+        weights, gradients and optimizer state (exact) plus :meth:`activation_bytes` (estimated)."""
+        return state_bytes(self.modules, self.optimizers) + (self.activation_bytes(batch_size) or 0)
 
     def write_figures(self, out_dir: Path, batch: Batch) -> list[Path]:
         """Write the family's pictures (PNG) from held-out data; returns their paths."""

@@ -36,6 +36,7 @@ from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import (ClassConditional, Classifying, Discriminating, Generative, LatentWalking,
                                         check_walk)
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 CHUNK = 500          # images per forward pass when generating or scoring outside training
@@ -120,6 +121,12 @@ class ACGANTask(Task, Generative, ClassConditional, Classifying, Discriminating,
                 return (f"{k} = {figures[k]:.3g} exceeded the limit {limit:g} (model.explode_limit): "
                         "training diverged")
         return None
+
+    def activation_bytes(self, batch_size: int) -> int:
+        """The larger of the D update (D on n real and n fakes) and the G update (G, then D)."""
+        x, z = meta(batch_size, *self.info.shape), meta(batch_size, self.config.latent_dim)
+        y = meta(batch_size, dtype=torch.long)
+        return max(passes_bytes((self.D, x), (self.D, x)), passes_bytes((self.G, z, y), (self.D, x)))
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -13,12 +13,14 @@ from capsgen.nn import safe_norm
 from capsgen.report.figures import save_image_grid
 from capsgen.train.capabilities import Classifying, RoutingMaps
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 
 class CapsNetTask(Task, Classifying, ClassCapsulePoses, RoutingMaps):
     best_metric, best_mode = "test_error", "min"
     TWIN_PARTS = ("model.primary", "model.classes", "model.score")   # see capsgen.models.capsnet.nets
+    MEMORY_OPTIONS = ("--batch-size", "model.primary_capsules", "model.class_dim", "model.conv_channels")
 
     def __init__(self, config: CapsNetConfig, info: DataInfo, device: torch.device,
                  dist: Distributed = SINGLE):
@@ -42,6 +44,10 @@ class CapsNetTask(Task, Classifying, ClassCapsulePoses, RoutingMaps):
     def disabled_capabilities(self) -> tuple[str, ...]:
         # the twin's dense layer has no coupling coefficients to map
         return ("routing-maps",) if self.config.twin else ()
+
+    def activation_bytes(self, batch_size: int) -> int:
+        # the decoder's activations (B x 2,320 floats) are ~1/300 of the votes': left out
+        return passes_bytes((self.model, meta(batch_size, *self.info.shape)))
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class-capsule lengths (twin: its GroupScores) [B, K], differentiable w.r.t. the images."""

@@ -10,6 +10,7 @@ from capsgen.models.classifier.nets import Classifier
 from capsgen.models.common import random_hflip, random_shift, require_labels, set_step_lr
 from capsgen.train.capabilities import Classifying
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 
@@ -35,6 +36,9 @@ class ClassifierTask(Task, Classifying):
         loss = F.cross_entropy(logits, batch.labels, label_smoothing=cfg.label_smoothing)
         self.optimizer_step("model", loss)
         return {"loss": loss.item(), "accuracy": (logits.argmax(1) == batch.labels).float().mean().item()}
+
+    def activation_bytes(self, batch_size: int) -> int:
+        return passes_bytes((self.model, meta(batch_size, *self.info.shape)))
 
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [B, K] (differentiable w.r.t. the images)."""

@@ -24,6 +24,7 @@ from capsgen.models.gcapsnet.nets import build_gcapsnet, classification_loss, co
 from capsgen.report.figures import save_image_grid
 from capsgen.train.capabilities import Classifying
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 EVAL_BATCH = 500       # test images per forward pass
@@ -65,6 +66,9 @@ class GCapsNetTask(Task, Classifying, ClassCapsulePoses):
             if name in parts:
                 figures[name] = parts[name].item()
         return figures
+
+    def activation_bytes(self, batch_size: int) -> int:
+        return passes_bytes((self.model, meta(batch_size, *self.info.shape)))
 
     # ------------------------------------------------------------------------------ using a run
     def class_scores(self, images: torch.Tensor) -> torch.Tensor:

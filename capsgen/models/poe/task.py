@@ -43,12 +43,14 @@ from capsgen.nn.twins_poe import EMStatistics
 from capsgen.report.figures import plot_curves, save_image_grid
 from capsgen.train.capabilities import CapsuleSampling, Encoding, Generative, PoseDecoding, PoseLayout
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import FLOAT, meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 GRID_ROWS = 4        # samples per capsule in the capsule grids (Hauser's figure 2: 4 rows x 20 capsules)
 
 
 EM_STATE = tuple(f.name for f in fields(EMStatistics))    # the twin's E-step sums, as extra_state "em_<name>"
+CD_COPIES = 4   # [J, B, I, Din] tensors alive at once in a CD step (see activation_bytes)
 
 
 class PoETask(Task, Generative, CapsuleSampling, PoseDecoding, Encoding):
@@ -72,7 +74,7 @@ class PoETask(Task, Generative, CapsuleSampling, PoseDecoding, Encoding):
                                f"{k}x{k} convolutions (they need at least {2 * k - 1} pixels a side); use 28x28 "
                                f"or larger images, or smaller kernels (e.g. --set model.ae_kernel=3 for 8x8)")
         # Initial weights from the run seed (build_task seeds the global RNG), through one generator.
-        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), device="cpu")))
         self.model = PoEModel(config, info.shape, g).to(self.device)
         self.modules = {"model": self.model}
         self.optimizers = {"autoencoder": torch.optim.Adam(self.model.ae.parameters(), lr=config.ae_lr)}
@@ -178,6 +180,20 @@ class PoETask(Task, Generative, CapsuleSampling, PoseDecoding, Encoding):
             buf = tensors.get(f"{name}_momentum")
             opt.load_state_dict({"momentum_buffer": None if buf is None else buf.to(self.device),
                                  "step_count": int(tensors.get(f"{name}_updates", torch.tensor(0)))})
+
+    def activation_bytes(self, batch_size: int) -> int:
+        """The larger of the autoencoder stage (its forward) and the CD stages. Contrastive
+        divergence never makes the [B, I, J, Dout] votes (capsgen.nn.contrastive): its largest
+        tensors are [J, B, I, Din] — the coupled inputs of the data and of the reconstruction,
+        the Gram products and one transient — so CD_COPIES of them."""
+        ae = passes_bytes((self.model.ae, meta(batch_size, *self.info.shape)))
+        if self.twin is not None:
+            # the twin's E-step: the features' differences to every component's mean, [J, B, D],
+            # and as many for its projections and distances
+            J, D = self.twin.means.shape
+            return max(ae, CD_COPIES * batch_size * J * D * FLOAT)
+        I, J, _, din = self.caps.encoder_weight.shape
+        return max(ae, CD_COPIES * batch_size * I * J * din * FLOAT)
 
     # ------------------------------------------------------------------------------ progress
     def steps_done(self) -> list[int]:

@@ -56,6 +56,7 @@ from capsgen.report.figures import image_grid, plot_curves, save_image_grid
 from capsgen.train.capabilities import (AttributeConditional, AttributePredicting, ClassConditional, Classifying,
                                         Encoding, Generative, PoseDecoding, PoseEncoding, PoseLayout, PosePrior)
 from capsgen.train.distributed import SINGLE, Distributed
+from capsgen.train.memory import meta, passes_bytes
 from capsgen.train.task import DataInfo, StepContext, Task
 
 CHUNK = 250          # images per forward pass outside training
@@ -203,6 +204,16 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
             out.update({"loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "recon": l_rec.item(),
                         "accuracy": right.item(), **self.code.figures(post, t)})
         return out
+
+    def activation_bytes(self, batch_size: int) -> int:
+        """Encoder, decoder of the reconstruction and of the prior draw, and D on real and fake,
+        all alive until the autoencoder's backward."""
+        x = meta(batch_size, *self.info.shape)
+        caps = meta(batch_size, *self.caps, self.config.caps_dim)
+        passes = [(self.ae.encoder, x), (self.ae.decoder, caps)]
+        if self.D is not None:
+            passes += [(self.ae.decoder, caps), (self.D, x), (self.D, x)]
+        return passes_bytes(*passes)
 
     # ------------------------------------------------------------------------------ analysis
     @contextlib.contextmanager
