@@ -108,7 +108,8 @@ def test_sample_by_component_and_domain(twin, tmp_path, capsys):
     assert main(["sample", str(twin), "--n", "5", "--out", str(out), "--capsule", "3", "--domain", "restricted"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["capsule"] == 3 and res["domain"] == "restricted" and out.is_file()
-    assert main(["sample", str(twin), "--n", "5", "--out", str(out), "--capsule", "0", "--domain", "full"]) == 0
+    assert main(["sample", str(twin), "--n", "5", "--out", str(out), "--capsule", "0", "--domain", "full",
+                 "--force"]) == 0
     capsys.readouterr()
     assert main(["sample", str(twin), "--n", "2", "--out", str(tmp_path / "x.npz"), "--capsule", "4"]) == 2
     err = capsys.readouterr().err.strip()
@@ -123,7 +124,7 @@ def test_eval_gives_the_capsule_runs_shared_metrics(twin, capsule, cache, capsys
     for name, run in (("twin", twin), ("capsule", capsule)):
         assert main(["eval", str(run), "--n", "20"]) == 0
         got[name] = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert got["twin"]["capabilities"] == got["capsule"]["capabilities"] == ["generate"]
+    assert got["twin"]["capabilities"] == got["capsule"]["capabilities"] == ["generate", "encode"]
     assert set(got["twin"]["generate"]["samples"]) == set(got["capsule"]["generate"]["samples"])
     shared = {"n", "stage", "ae_mse", "pixel_mse", "negative_full", "negative_restricted"}
     assert shared <= set(got["capsule"]["figures"]) and set(got["twin"]["figures"]) == shared | {"mixture_loglik"}

@@ -296,5 +296,6 @@ def test_every_committed_report_lists_deviations_and_gives_every_claim_a_verdict
         for line in lines[k + 1:]:
             if line.startswith("## "):
                 break
-            if line.startswith("- ") and "(no claim of the paper" not in line:
+            # a measurement no paper makes a claim on says so, and needs no verdict
+            if line.startswith("- ") and not any(m in line for m in ("no claim of the paper", "neither paper reports it")):
                 assert any(v in line for v in VERDICTS), line[:160]

@@ -64,7 +64,7 @@ def test_twin_class_run_trains_resumes_samples_and_evaluates_like_the_capsule_ru
     assert main(["sample", str(twin), "--n", "5", "--class", "2", "--out", str(tmp_path / "s.npz")]) == 0
     assert main(["interpolate", str(twin), "--out", str(tmp_path / "i.png"), "--rows", "2", "--cols", "3"]) == 0
     got, want = eval_json(twin, capsys, 40), eval_json(caps, capsys, 40)
-    assert got["capabilities"] == want["capabilities"] == ["generate", "class-conditional", "classify"]
+    assert got["capabilities"] == want["capabilities"] == ["generate", "class-conditional", "classify", "encode"]
     assert metric_names(got) == metric_names(want)
     assert 0 <= got["classify"]["test_error"] <= 1 and len(got["class-conditional"]["per_class"]) == 10
 
@@ -78,7 +78,7 @@ def test_twin_attribute_run_is_evaluated_like_the_capsule_run(tmp_path, capsys, 
     out = tmp_path / "s.npz"
     assert main(["sample", str(twin), "--n", "3", "--attributes", "square=1,blue=0", "--out", str(out)]) == 0
     got, want = eval_json(twin, capsys, 40), eval_json(caps, capsys, 40)
-    assert got["capabilities"] == want["capabilities"] == ["generate", "attribute-conditional", "attributes"]
+    assert got["capabilities"] == want["capabilities"] == ["generate", "attribute-conditional", "attributes", "encode"]
     assert metric_names(got) == metric_names(want)
 
 

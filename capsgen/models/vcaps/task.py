@@ -209,7 +209,11 @@ class VCapsTask(Task, Generative, ClassConditional, AttributeConditional, Classi
         """Encoder, decoder of the reconstruction and of the prior draw, and D on real and fake,
         all alive until the autoencoder's backward."""
         x = meta(batch_size, *self.info.shape)
-        caps = meta(batch_size, *self.caps, self.config.caps_dim)
+        if self.config.twin:      # the twin's decoder reads [latent, condition]
+            caps = meta(batch_size, *self.code.latent_shape[:-1],
+                        self.code.latent_shape[-1] + self.ae.decoder.condition.in_features)
+        else:
+            caps = meta(batch_size, *self.caps, self.config.caps_dim)
         passes = [(self.ae.encoder, x), (self.ae.decoder, caps)]
         if self.D is not None:
             passes += [(self.ae.decoder, caps), (self.D, x), (self.D, x)]
