@@ -176,7 +176,9 @@ def test_every_model_and_attack_with_two_gan_epochs(tmp_path):
     assert len({st[k]["n"] for k in attacked}) == 1           # every model meets the same images
     md = (out / "report.md").read_text()
     assert "| capsnet |" in md and "| conv-recon |" in md and "uap, white-box" in md
-    assert "| capsnet | pgd, white-box |" in md and "White-box PGD (not in Chen et al." in md
+    assert "| capsnet | pgd, white-box |" in md and "White-box PGD (no claim of the paper" in md
+    assert "## Deviations from the paper" in md and "read as ε = 8/255" in md
+    assert "1135/10000 and 892/10000" in md                   # Chen et al.'s black-box figures named
     assert "Table 3: the FC G-CapsNet errs less than the baseline" in md
 
 
