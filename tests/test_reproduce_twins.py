@@ -81,6 +81,7 @@ def test_equal_steps_first_gives_the_twin_the_capsule_runs_wall_clock(tmp_path, 
     (["--budget", "0"], "--budget must be a positive"),
     (["--n", "3"], "--n must be at least 10"),
     (["--steps", "5"], "not both"),
+    (["--pairs", "capsnet"], "too small for kernels"),         # the network, checked before any folder
     (["--steps", "0"], "not both"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cache, capsys, args, message):

@@ -55,8 +55,10 @@ def configs(pair: str, s: Settings, seed: int, twin: bool, steps: int | None,
     return tcfg, mcfg
 
 
-def check_all(s: Settings) -> None:
-    """Every pair's family, twin and config checked before anything is written."""
+def check_all(s: Settings, info: Any) -> None:
+    """Every pair's family, twin, config and network (built on the meta device: shapes only, for
+    the data ``info``) checked before anything is written."""
+    from capsgen import runs
     from capsgen.models import FAMILIES
 
     if (s.budget is None) == (s.steps is None):
@@ -78,7 +80,8 @@ def check_all(s: Settings) -> None:
     check_extra(s.extra, sorted({split_pair(p)[0] for p in s.pairs}))
     for pair in s.pairs:
         for twin in (False, True):
-            configs(pair, s, s.seeds[0], twin, s.steps, 1.0)
+            tcfg, mcfg = configs(pair, s, s.seeds[0], twin, s.steps, 1.0)
+            runs.build_task(tcfg, mcfg, info, "meta")
 
 
 def run_dir_of(folder: Path, pair: str, seed: int, arm: str) -> Path:
@@ -151,9 +154,11 @@ def run(s: Settings) -> Path:
 
     if not s.pairs:
         s.pairs = twin_pairs()
+    from capsgen import runs
+
     folder = open_report_folder(s)
     load_split(s.data, "test", s.data_dir)        # bad data fails before any folder is made
-    check_all(s)
+    check_all(s, runs.data_info(load_split(s.data, "train", s.data_dir)))
     folder.mkdir(parents=True, exist_ok=True)
     res = Results(folder, s)
     for seed in s.seeds:
